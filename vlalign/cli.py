@@ -1,0 +1,118 @@
+"""`vlalign` command line: train | generate | info | data | demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vlalign.errors import VlalignError
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.lr=2e-5 (repeatable)")
+
+
+def cmd_train(args) -> None:
+    from vlalign.config import load_config
+    from vlalign.train.loop import train
+
+    config = load_config(args.config, args.overrides)
+    resume = True if args.resume == "latest" else args.resume
+    train(config, resume=resume)
+
+
+def cmd_info(args) -> None:
+    import yaml
+
+    from vlalign.config import load_config
+    from vlalign.models.vlm import VisionLanguageModel
+    from vlalign.objectives import build_objectives
+    from vlalign.train.stages import apply_tune, format_parameter_table, parameter_table
+
+    config = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    model = VisionLanguageModel.from_config(config.model)
+    recipe = apply_tune(model, config.train.stage, config.train.tune)
+    objectives = build_objectives(config.objectives, model)
+    print(f"stage {config.train.stage} recipe: {recipe}")
+    print(f"visual tokens per image: {model.num_visual_tokens} (tower grid {model.vision_tower.grid}, "
+          f"image size {model.vision_tower.image_size})")
+    print(format_parameter_table(parameter_table(model, {"objectives": objectives})))
+
+
+def cmd_generate(args) -> None:
+    from vlalign.generate import answer, load_checkpoint_model
+
+    model, config = load_checkpoint_model(args.checkpoint)
+    text = answer(model, config, args.image, args.prompt, max_new_tokens=args.max_new_tokens,
+                  do_sample=args.sample, temperature=args.temperature, top_p=args.top_p)
+    print(text)
+
+
+def cmd_data_toy(args) -> None:
+    from vlalign.data.toy import write_toy_dataset
+
+    paths = write_toy_dataset(args.out, args.n, args.seed)
+    print(f"wrote {paths['stage1']} and {paths['stage2']} (images under {paths['image_root']})")
+
+
+def cmd_demo(args) -> None:
+    from vlalign.demo import run_demo
+
+    run_demo(Path(args.out), n_images=args.n_images)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlalign", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="run one training stage from a config")
+    _add_config_args(train)
+    train.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                       help="resume from the latest checkpoint in train.output_dir, or from CHECKPOINT")
+    train.set_defaults(func=cmd_train)
+
+    info = commands.add_parser("info", help="print the resolved config and parameter counts")
+    _add_config_args(info)
+    info.set_defaults(func=cmd_info)
+
+    generate = commands.add_parser("generate", help="answer a prompt about an image from a checkpoint")
+    generate.add_argument("--checkpoint", required=True)
+    generate.add_argument("--image", default=None, help="image file (omit for a text-only prompt)")
+    generate.add_argument("--prompt", default="")
+    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    generate.add_argument("--temperature", type=float, default=0.7)
+    generate.add_argument("--top-p", type=float, default=0.9)
+    generate.set_defaults(func=cmd_generate)
+
+    data = commands.add_parser("data", help="generate data sets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    toy = data_commands.add_parser("toy", help="small coloured-shapes LLaVA-JSON set (stage 1 + stage 2)")
+    toy.add_argument("--out", required=True)
+    toy.add_argument("--n", type=int, default=64)
+    toy.add_argument("--seed", type=int, default=0)
+    toy.set_defaults(func=cmd_data_toy)
+
+    demo = commands.add_parser("demo", help="offline two-stage run with the packaged models")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--n-images", type=int, default=160)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except VlalignError as error:
+        print(f"vlalign: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

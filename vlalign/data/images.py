@@ -1,0 +1,55 @@
+"""Image loading and the tower's preprocessing (PIL + numpy; no torchvision)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+
+class ImageTransform:
+    """PIL image -> normalised [3, S, S] float tensor.
+
+    aspect: "pad" (LLaVA-1.5: pad to a square with the mean colour, keeps the whole image),
+    "crop" (CLIP: resize the short side, centre crop), "resize" (stretch).
+    """
+
+    def __init__(self, size: int, mean, std, aspect: str = "pad"):
+        self.size = size
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+        self.aspect = aspect
+
+    def _square(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        if self.aspect == "pad" and width != height:
+            side = max(width, height)
+            fill = tuple(int(round(c * 255)) for c in self.mean)
+            canvas = Image.new("RGB", (side, side), fill)
+            canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+            return canvas
+        if self.aspect == "crop" and width != height:
+            side = min(width, height)
+            left, top = (width - side) // 2, (height - side) // 2
+            return image.crop((left, top, left + side, top + side))
+        return image
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = self._square(image.convert("RGB"))
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        array = (array - self.mean) / self.std
+        return torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Fully decode now, so a truncated or corrupt file fails here and not deep inside a batch."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise OSError(f"cannot read image {path}: {exc}") from exc

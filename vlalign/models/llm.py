@@ -1,0 +1,52 @@
+"""The causal LLM and its tokenizer, with the `<image>` placeholder token added."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlalign.errors import ModelSourceError
+from vlalign.models.sources import hf_folder_for_gguf, load_or_explain, parse_source
+
+
+def resolve_llm_folder(source_text: str) -> str:
+    source = parse_source(source_text)
+    if source.kind == "gguf":
+        return str(hf_folder_for_gguf(source.location))
+    if source.kind != "hf":
+        raise ModelSourceError(f"LLM {source_text!r}: a {source.kind} source is not a causal language model")
+    return source.location
+
+
+def load_tokenizer(folder: str, image_token: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = load_or_explain(folder, "tokenizer", lambda: AutoTokenizer.from_pretrained(folder))
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelSourceError(f"tokenizer of {folder!r} is not a fast tokenizer; label masking needs offsets")
+    if image_token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+    if tokenizer.pad_token is None:
+        # Padding is masked out by the attention mask and labels, so reusing EOS is safe.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_llm(source_text: str, image_token: str, attn_implementation: str = "sdpa"):
+    """Returns (causal LM with room for the image token, tokenizer, image token id)."""
+    from transformers import AutoModelForCausalLM
+
+    folder = resolve_llm_folder(source_text)
+    tokenizer = load_tokenizer(folder, image_token)
+    model = load_or_explain(
+        source_text, "LLM",
+        lambda: AutoModelForCausalLM.from_pretrained(folder, attn_implementation=attn_implementation))
+    image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+    if image_token_id >= model.get_input_embeddings().weight.shape[0]:
+        # The placeholder row is always overwritten by visual tokens, so its init does not matter;
+        # mean_resizing=False avoids a covariance pass over a large vocabulary.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    return model, tokenizer, image_token_id
+
+
+def save_tokenizer(tokenizer, folder: str | Path) -> None:
+    tokenizer.save_pretrained(str(folder))

@@ -1,0 +1,166 @@
+"""Checkpoints: what a stage produced (trainable weights, config, tokenizer) and how to resume it exactly.
+
+Layout of a checkpoint folder:
+  model.safetensors     weights that are not in the base sources: connector, trainable parts (LoRA, full
+                        LLM, tuned tower) and objective parameters (`objectives.*`), LLaVA-style names
+  config.yaml           resolved run config;  tokenizer/  the tokenizer with `<image>`
+  trainer_state.json    step, epoch, position in the epoch, recipe
+  optimizer.pt, scheduler.pt, rng_<rank>.pt   only in resumable `checkpoint-<step>` folders
+Writes go to a temporary sibling folder that is renamed into place last, so a crash never leaves a
+folder that looks complete: a folder counts only if it holds trainer_state.json (written last).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from vlalign.config import RunConfig, dump_config
+from vlalign.errors import ConfigError
+
+STATE_FILE = "trainer_state.json"
+WEIGHTS_FILE = "model.safetensors"
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+def weights_to_save(model, objectives) -> dict[str, torch.Tensor]:
+    named = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad or name.startswith("multi_modal_projector.") or "lora_" in name:
+            named[name] = param
+    for name, param in objectives.named_parameters():
+        named[f"objectives.{name}"] = param
+    # Tied weights (embeddings = LM head) share storage; safetensors stores each storage once.
+    seen, state = set(), {}
+    for name, tensor in named.items():
+        key = (tensor.data_ptr(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            state[name] = tensor.detach().to("cpu").contiguous()
+    return state
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(target: str | Path, accelerator, *, model, objectives, config: RunConfig, state: dict,
+                    optimizer=None, scheduler=None) -> Path:
+    """Atomically write a checkpoint; with optimizer/scheduler it is resumable. All ranks must call it."""
+    target = Path(target)
+    staging = target.with_name(f".{target.name}.tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    resumable = optimizer is not None
+    if resumable:
+        torch.save(_rng_state(), staging / f"rng_{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        save_file(weights_to_save(model, objectives), str(staging / WEIGHTS_FILE))
+        dump_config(config, staging / "config.yaml")
+        model.tokenizer.save_pretrained(str(staging / "tokenizer"))
+        if resumable:
+            torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+            torch.save(scheduler.state_dict(), staging / "scheduler.pt")
+        _fault_point("before_state")
+        (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def _fault_point(name: str) -> None:
+    """Crash on purpose where VLALIGN_FAULT names this point (used by the crash-safety tests)."""
+    if os.environ.get("VLALIGN_FAULT") == name:
+        os._exit(17)
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / STATE_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    found = []
+    for folder in Path(output_dir).glob("checkpoint-*"):
+        match = CHECKPOINT_PATTERN.match(folder.name)
+        if match and is_complete(folder):
+            found.append((int(match.group(1)), folder))
+    return max(found)[1] if found else None
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
+    found = sorted((int(m.group(1)), f) for f in Path(output_dir).glob("checkpoint-*")
+                   if (m := CHECKPOINT_PATTERN.match(f.name)) and is_complete(f))
+    for _, folder in found[:-keep] if keep > 0 else []:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def load_weights(folder: str | Path, model, objectives=None, *, only_prefix: str | None = None) -> list[str]:
+    """Load saved weights by name; every saved name must exist in the model. Returns the loaded names."""
+    folder = Path(folder)
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise ConfigError(f"{folder} is not a vlalign checkpoint (no {WEIGHTS_FILE})")
+    saved = load_file(str(folder / WEIGHTS_FILE))
+    model_state, objective_state = {}, {}
+    for name, tensor in saved.items():
+        if only_prefix and not name.startswith(only_prefix):
+            continue
+        if name.startswith("objectives."):
+            objective_state[name[len("objectives."):]] = tensor
+        else:
+            model_state[name] = tensor
+    _load_named(model, model_state, folder)
+    if objectives is not None and objective_state:
+        _load_named(objectives, objective_state, folder)
+    return sorted(model_state) + sorted(f"objectives.{k}" for k in objective_state)
+
+
+def _load_named(module, state: dict, folder: Path) -> None:
+    own = dict(module.named_parameters())
+    unknown = [name for name in state if name not in own]
+    if unknown:
+        raise ConfigError(f"checkpoint {folder} has weights this model lacks (different connector, LoRA or "
+                          f"objective config?): {unknown[:5]}")
+    for name, tensor in state.items():
+        if own[name].shape != tensor.shape:
+            raise ConfigError(f"checkpoint {folder}: {name} has shape {tuple(tensor.shape)}, model expects "
+                              f"{tuple(own[name].shape)}")
+        with torch.no_grad():
+            own[name].copy_(tensor.to(own[name].dtype))
+
+
+def restore_training_state(folder: str | Path, accelerator, optimizer, scheduler) -> dict:
+    folder = Path(folder)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=False))
+    rng_file = folder / f"rng_{accelerator.process_index}.pt"
+    if not rng_file.is_file():
+        raise ConfigError(f"{folder} was saved with a different number of processes (no {rng_file.name})")
+    _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
+    return json.loads((folder / STATE_FILE).read_text())
+
+
+def read_state(folder: str | Path) -> dict:
+    return json.loads((Path(folder) / STATE_FILE).read_text())

@@ -1,0 +1,227 @@
+"""The training loop: one readable loop on accelerate for every stage and objective."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from vlalign.config import RunConfig, dump_config
+from vlalign.data.build import build_dataset
+from vlalign.data.dataset import Collator, LengthGroupedBatchSampler
+from vlalign.data.llava_json import SkipReport
+from vlalign.errors import ConfigError
+from vlalign.models.vlm import VisionLanguageModel
+from vlalign.objectives import build_objectives
+from vlalign.train import checkpoint as ckpt
+from vlalign.train.optim import build_optimizer, build_scheduler
+from vlalign.train.stages import apply_tune, format_parameter_table, keep_frozen_in_eval, parameter_table
+
+
+class TrainingModule(nn.Module):
+    """Model + objectives in one module, so DDP/FSDP also synchronise objective parameters (temperatures)."""
+
+    def __init__(self, model: VisionLanguageModel, objectives: nn.ModuleDict):
+        super().__init__()
+        self.model = model
+        self.objectives = objectives
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            keep_frozen_in_eval(self.model)
+        return self
+
+    def forward(self, batch):
+        output = self.model(batch.input_ids, batch.attention_mask, batch.pixel_values)
+        total = output.hidden_states.new_zeros((), dtype=torch.float32)
+        losses, metrics = {}, {}
+        for objective in self.objectives.values():
+            terms = objective(output, batch)
+            weights = objective.term_weights()
+            for name, value in terms.losses.items():
+                total = total + weights[name] * value.float()
+                losses[name] = value.detach()
+            metrics.update(terms.metrics)
+        return total, losses, metrics
+
+
+def _resume_folder(resume, output_dir: Path) -> Path | None:
+    if not resume:
+        return None
+    folder = ckpt.latest_checkpoint(output_dir) if resume is True else Path(resume)
+    if folder is None:
+        print(f"[vlalign] --resume: no complete checkpoint in {output_dir}; starting from scratch")
+        return None
+    if not ckpt.is_complete(folder):
+        raise ConfigError(f"--resume {folder}: not a complete checkpoint")
+    return folder
+
+
+def train(config: RunConfig, resume: bool | str | None = None) -> Path:
+    """Runs one stage; returns the folder of its final checkpoint."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    tc = config.train
+    output_dir = Path(tc.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum, mixed_precision=tc.mixed_precision,
+                              log_with="tensorboard", project_dir=str(output_dir))
+    resume_from = _resume_folder(resume, output_dir)
+    if resume_from is not None and accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
+        raise ConfigError("--resume under DeepSpeed/FSDP is not supported yet (optimizer state is sharded); "
+                          "resume with DDP or a single process")
+    set_seed(tc.seed)
+
+    model = VisionLanguageModel.from_config(config.model)
+    recipe = apply_tune(model, tc.stage, tc.tune)
+    if tc.init_from:
+        loaded = ckpt.load_weights(tc.init_from, model)
+        accelerator.print(f"[vlalign] initialised {len(loaded)} tensors from {tc.init_from}")
+    objectives = build_objectives(config.objectives, model)
+    module = TrainingModule(model, objectives)
+    accelerator.print(f"[vlalign] stage {tc.stage}, recipe {recipe}, {model.num_visual_tokens} visual tokens/image")
+    accelerator.print(format_parameter_table(parameter_table(model, {"objectives": objectives})))
+
+    skips = SkipReport()
+    dataset = build_dataset(config, model, skips)
+    sampler = LengthGroupedBatchSampler(dataset.estimated_lengths(), tc.batch_size, tc.seed,
+                                        config.data.group_by_length)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(model.tokenizer.pad_token_id),
+                        num_workers=config.data.num_workers,
+                        generator=torch.Generator().manual_seed(tc.seed))  # keeps global RNG untouched
+    optimizer = build_optimizer(module, tc)
+    module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
+    steps_per_epoch = max(1, math.ceil(len(loader) / tc.grad_accum))
+    total_steps = tc.max_steps or tc.epochs * steps_per_epoch
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    scheduler = build_scheduler(getattr(optimizer, "optimizer", optimizer), tc, total_steps)
+
+    step, epoch, batches_done = 0, 0, 0
+    if resume_from is not None:
+        state = ckpt.restore_training_state(resume_from, accelerator, optimizer, scheduler)
+        ckpt.load_weights(resume_from, accelerator.unwrap_model(module).model,
+                          accelerator.unwrap_model(module).objectives)
+        step, epoch, batches_done = state["step"], state["epoch"], state["batches_done"]
+        skips.merge(SkipReport(counts=Counter(state.get("skips", {}))))
+        accelerator.print(f"[vlalign] resumed from {resume_from} at step {step} (epoch {epoch}, "
+                          f"batch {batches_done})")
+    if accelerator.is_main_process:
+        dump_config(config, output_dir / "config.yaml")
+    accelerator.init_trackers("tensorboard")
+
+    logger = StepLogger(accelerator, output_dir, total_steps, step, tc.batch_size * accelerator.num_processes)
+    module.train()
+    unwrapped = accelerator.unwrap_model(module)
+
+    def state_dict(done_epoch: int, done_batches: int) -> dict:
+        return {"step": step, "epoch": done_epoch, "batches_done": done_batches, "stage": tc.stage,
+                "recipe": recipe, "total_steps": total_steps, "skips": dict(skips.counts)}
+
+    while step < total_steps and epoch < num_epochs:
+        sampler.set_epoch(epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
+        for batch in epoch_loader:
+            batches_done += 1
+            skips.merge(batch.skips)
+            logger.truncated += batch.truncated
+            if len(batch) == 0:
+                continue  # every record of this batch was skipped (and counted)
+            with accelerator.accumulate(module):
+                total, losses, metrics = module(batch)
+                accelerator.backward(total)
+                if accelerator.sync_gradients and tc.max_grad_norm:
+                    accelerator.clip_grad_norm_(module.parameters(), tc.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            logger.accumulate(total, losses, metrics, len(batch))
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            logger.step_done(step, scheduler.get_last_lr()[0], log=step % tc.log_every == 0 or step == total_steps)
+            if tc.save_every and step % tc.save_every == 0 and step < total_steps:
+                ckpt.save_checkpoint(output_dir / f"checkpoint-{step:06d}", accelerator, model=unwrapped.model,
+                                     objectives=unwrapped.objectives, config=config,
+                                     state=state_dict(epoch, batches_done), optimizer=optimizer,
+                                     scheduler=scheduler)
+                if accelerator.is_main_process:
+                    ckpt.prune_checkpoints(output_dir, tc.keep_checkpoints)
+                ckpt._fault_point(f"after_step_{step}")
+            if step >= total_steps:
+                break
+        else:
+            epoch, batches_done = epoch + 1, 0
+            continue
+        break
+
+    logger.close()
+    final = ckpt.save_checkpoint(output_dir / "final", accelerator, model=unwrapped.model,
+                                 objectives=unwrapped.objectives, config=config,
+                                 state=state_dict(epoch, batches_done))
+    accelerator.print(f"[vlalign] {skips.summary()}; {logger.truncated} samples truncated")
+    if accelerator.is_main_process:
+        (output_dir / "data_report.json").write_text(json.dumps(
+            {"skipped": dict(skips.counts), "skip_examples": skips.examples, "truncated": logger.truncated},
+            indent=2))
+    accelerator.end_training()
+    accelerator.print(f"[vlalign] stage {tc.stage} done: {final}")
+    return final
+
+
+class StepLogger:
+    """Console progress bar + TensorBoard + metrics.jsonl, with loss terms averaged over each log window."""
+
+    def __init__(self, accelerator, output_dir: Path, total_steps: int, start_step: int, global_batch: int):
+        from tqdm.auto import tqdm
+
+        self.accelerator = accelerator
+        self.bar = tqdm(total=total_steps, initial=start_step, disable=not accelerator.is_main_process,
+                        desc="train", dynamic_ncols=True)
+        self.metrics_file = (output_dir / "metrics.jsonl").open("a") if accelerator.is_main_process else None
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.samples = 0
+        self.truncated = 0
+        self.window_start = time.perf_counter()
+
+    def accumulate(self, total, losses, metrics, batch_size: int) -> None:
+        values = {"loss": total.detach(), **losses}
+        for name, value in values.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        for name, value in metrics.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        self.count += 1
+        self.samples += batch_size
+
+    def step_done(self, step: int, lr: float, log: bool) -> None:
+        self.bar.update(1)
+        if not log or not self.count:
+            return
+        averages = {name: total / self.count for name, total in self.sums.items()}
+        # One collective per log window, not per step.
+        stacked = self.accelerator.reduce(torch.tensor(list(averages.values()), device=self.accelerator.device),
+                                          reduction="mean")
+        averages = dict(zip(averages, stacked.tolist()))
+        elapsed = time.perf_counter() - self.window_start
+        averages["samples_per_s"] = self.samples * self.accelerator.num_processes / max(elapsed, 1e-9)
+        averages["lr"] = lr
+        self.accelerator.log(averages, step=step)
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in averages.items() if k != "lr"})
+        if self.metrics_file is not None:
+            self.metrics_file.write(json.dumps({"step": step, **averages}) + "\n")
+            self.metrics_file.flush()
+        self.sums, self.count, self.samples = {}, 0, 0
+        self.window_start = time.perf_counter()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.metrics_file is not None:
+            self.metrics_file.close()

@@ -126,8 +126,11 @@ def train(config: RunConfig, resume: bool | str | None = None) -> Path:
                 "recipe": recipe, "total_steps": total_steps, "skips": dict(skips.counts)}
 
     while step < total_steps and epoch < num_epochs:
-        sampler.set_epoch(epoch)
         epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
+        # accelerate's loaders re-apply their own epoch counter to the sampler on every __iter__; a resumed
+        # run's fresh loader would count from 0, so set both explicitly.
+        epoch_loader.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         for batch in epoch_loader:
             batches_done += 1
             skips.merge(batch.skips)

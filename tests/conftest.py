@@ -1,0 +1,87 @@
+"""Shared fixtures: a tokenizer built here, tiny random Llama and CLIP-vision models saved as HF folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach for the hub
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+          "{% endif %}")
+
+CORPUS = [
+    "There is a red circle on the left and a blue square on the right.",
+    "What color is the triangle? The triangle is green. How many shapes are in the picture?",
+    "There are 2 shapes. There is one shape. Name a fruit that can be yellow. An apple can be red.",
+    "A purple fruit is rare; plums can look orange. Describe the image briefly.",
+    "user assistant system You are a helpful assistant.",
+] * 20
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(CORPUS, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>",
+                                        pad_token="<|endoftext|>", bos_token="<|im_start|>")
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    """Folders: 'llm' (tiny Llama + tokenizer), 'clip' (tiny CLIP vision, 32 px, 8 px patches = 4x4 grid)."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                       max_position_embeddings=512, tie_word_embeddings=False,
+                                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                       bos_token_id=tokenizer.bos_token_id))
+    llm.save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    clip = CLIPVisionModel(CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                            num_hidden_layers=2, num_attention_heads=4))
+    clip.save_pretrained(root / "clip")
+    return {"llm": str(root / "llm"), "clip": str(root / "clip")}
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> dict[str, Path]:
+    from vlalign.data.toy import write_toy_dataset
+
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"), n_images=12, seed=0, size=64)
+
+
+@pytest.fixture
+def tiny_config(tiny_models, toy_data, tmp_path):
+    """Factory: a RunConfig on the tiny models and the toy data; extra `--set` style overrides allowed."""
+    from vlalign.config import load_config
+
+    def make(stage: int = 1, *overrides: str):
+        fmt = "plain" if stage == 1 else "chat"
+        base = [f"model.vision_tower={tiny_models['clip']}", f"model.llm={tiny_models['llm']}",
+                "model.max_length=128", f"data.train_file={toy_data[f'stage{stage}']}",
+                f"data.image_root={toy_data['image_root']}", f"data.format={fmt}", f"train.stage={stage}",
+                f"train.output_dir={tmp_path / f'stage{stage}'}", "train.batch_size=4", "train.log_every=1",
+                "train.lr=1e-3"]
+        return load_config(None, [*base, *overrides])
+
+    return make

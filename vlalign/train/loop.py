@@ -66,19 +66,24 @@ def _resume_folder(resume, output_dir: Path) -> Path | None:
 
 def train(config: RunConfig, resume: bool | str | None = None) -> Path:
     """Runs one stage; returns the folder of its final checkpoint."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
 
     tc = config.train
     output_dir = Path(tc.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    # cpu=True on machines without CUDA lets torchrun/accelerate launch run DDP over gloo (MULTI_CPU).
     accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum, mixed_precision=tc.mixed_precision,
-                              log_with="tensorboard", project_dir=str(output_dir))
+                              log_with="tensorboard", project_dir=str(output_dir),
+                              cpu=not torch.cuda.is_available(),
+                              # A text-only batch leaves the connector (and tower) without gradients on
+                              # that rank; DDP must be told, or ranks disagree on which buckets to reduce.
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     resume_from = _resume_folder(resume, output_dir)
     if resume_from is not None and accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
         raise ConfigError("--resume under DeepSpeed/FSDP is not supported yet (optimizer state is sharded); "
                           "resume with DDP or a single process")
-    set_seed(tc.seed)
+    set_seed(tc.seed, device_specific=True)  # own dropout stream per rank; DDP syncs the init
 
     model = VisionLanguageModel.from_config(config.model)
     recipe = apply_tune(model, tc.stage, tc.tune)

@@ -26,7 +26,7 @@ def run_demo(out: Path, n_images: int = 160, seed: int = 0) -> dict:
     from vlalign.generate import answer, load_checkpoint_model
     from vlalign.train.loop import train
 
-    print(f"[demo] about 4-6 minutes on a 2-core CPU for {n_images} images (first run adds ~30 s to convert "
+    print(f"[demo] about 3-5 minutes on a 2-core CPU for {n_images} images (first run adds ~30 s to convert "
           f"the packaged SmolLM2 GGUF once)")
     data_dir = out / "data"
     if not (data_dir / "stage2.json").is_file():
@@ -53,5 +53,7 @@ def run_demo(out: Path, n_images: int = 160, seed: int = 0) -> dict:
                         "expected": record["conversations"][1]["value"], "answer": reply})
         print(f"[demo] {record['image']}: Q: {question} | expected: {samples[-1]['expected']} | model: {reply}")
     (out / "samples.json").write_text(json.dumps(samples, indent=2))
+    exact = sum(s["answer"].strip().lower() == s["expected"].strip().lower() for s in samples)
+    print(f"[demo] exact answers on held-out images: {exact}/{len(samples)}")
     print(f"[demo] done: checkpoints in {stage1} and {stage2}; samples in {out / 'samples.json'}")
     return {"stage1": str(stage1), "stage2": str(stage2), "samples": samples}

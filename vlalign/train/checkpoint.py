@@ -31,13 +31,19 @@ WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
-def weights_to_save(model, objectives) -> dict[str, torch.Tensor]:
+def _is_saved(name: str, param) -> bool:
+    return param.requires_grad or name.startswith("multi_modal_projector.") or "lora_" in name
+
+
+def weights_to_save(model, objectives, gathered: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Weights not in the base sources. `gathered`: a full state dict of the TrainingModule, needed when
+    FSDP / ZeRO-3 shard parameters (the local tensors are then only shards)."""
     named = {}
     for name, param in model.named_parameters():
-        if param.requires_grad or name.startswith("multi_modal_projector.") or "lora_" in name:
-            named[name] = param
+        if _is_saved(name, param):
+            named[name] = gathered[f"model.{name}"] if gathered is not None else param
     for name, param in objectives.named_parameters():
-        named[f"objectives.{name}"] = param
+        named[f"objectives.{name}"] = gathered[f"objectives.{name}"] if gathered is not None else param
     # Tied weights (embeddings = LM head) share storage; safetensors stores each storage once.
     seen, state = set(), {}
     for name, tensor in named.items():
@@ -46,6 +52,13 @@ def weights_to_save(model, objectives) -> dict[str, torch.Tensor]:
             seen.add(key)
             state[name] = tensor.detach().to("cpu").contiguous()
     return state
+
+
+def _gathered_state(accelerator, wrapped) -> dict[str, torch.Tensor] | None:
+    """Full parameters from every rank under FSDP / DeepSpeed (a collective: all ranks call it)."""
+    if wrapped is None or accelerator.distributed_type.value not in ("FSDP", "DEEPSPEED"):
+        return None
+    return accelerator.get_state_dict(wrapped)
 
 
 def _rng_state() -> dict:
@@ -64,9 +77,12 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(target: str | Path, accelerator, *, model, objectives, config: RunConfig, state: dict,
-                    optimizer=None, scheduler=None) -> Path:
-    """Atomically write a checkpoint; with optimizer/scheduler it is resumable. All ranks must call it."""
+                    optimizer=None, scheduler=None, wrapped=None) -> Path:
+    """Atomically write a checkpoint; with optimizer/scheduler it is resumable. All ranks must call it.
+
+    `wrapped`: the prepared TrainingModule, from which sharded (FSDP / ZeRO-3) weights are gathered."""
     target = Path(target)
+    gathered = _gathered_state(accelerator, wrapped)
     staging = target.with_name(f".{target.name}.tmp")
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
@@ -76,7 +92,7 @@ def save_checkpoint(target: str | Path, accelerator, *, model, objectives, confi
     if resumable:
         torch.save(_rng_state(), staging / f"rng_{accelerator.process_index}.pt")
     if accelerator.is_main_process:
-        save_file(weights_to_save(model, objectives), str(staging / WEIGHTS_FILE))
+        save_file(weights_to_save(model, objectives, gathered), str(staging / WEIGHTS_FILE))
         dump_config(config, staging / "config.yaml")
         model.tokenizer.save_pretrained(str(staging / "tokenizer"))
         if resumable:

@@ -159,7 +159,7 @@ def train(config: RunConfig, resume: bool | str | None = None) -> Path:
                 ckpt.save_checkpoint(output_dir / f"checkpoint-{step:06d}", accelerator, model=unwrapped.model,
                                      objectives=unwrapped.objectives, config=config,
                                      state=state_dict(epoch, batches_done), optimizer=optimizer,
-                                     scheduler=scheduler)
+                                     scheduler=scheduler, wrapped=module)
                 if accelerator.is_main_process:
                     ckpt.prune_checkpoints(output_dir, tc.keep_checkpoints)
                 ckpt._fault_point(f"after_step_{step}")
@@ -173,7 +173,7 @@ def train(config: RunConfig, resume: bool | str | None = None) -> Path:
     logger.close()
     final = ckpt.save_checkpoint(output_dir / "final", accelerator, model=unwrapped.model,
                                  objectives=unwrapped.objectives, config=config,
-                                 state=state_dict(epoch, batches_done))
+                                 state=state_dict(epoch, batches_done), wrapped=module)
     accelerator.print(f"[vlalign] {skips.summary()}; {logger.truncated} samples truncated")
     if accelerator.is_main_process:
         (output_dir / "data_report.json").write_text(json.dumps(

@@ -39,7 +39,7 @@ def test_ddp_two_processes_train_and_resume_exactly(tiny_config, tmp_path):
     checkpoint = ckpt.latest_checkpoint(tmp_path / "straight")
     assert (checkpoint / "rng_0.pt").is_file() and (checkpoint / "rng_1.pt").is_file()
     # Each rank has its own dropout stream; they must differ or the ranks would be redundant.
-    rng = [torch.load(checkpoint / f"rng_{r}.pt", weights_only=False)["torch"] for r in (0, 1)]
+    rng = [torch.load(checkpoint / f"rng_{r}.pt", weights_only=False)["rng"]["torch"] for r in (0, 1)]
     assert not torch.equal(*rng)
 
     interrupted = tiny_config(2, *SETTINGS, f"train.output_dir={tmp_path / 'interrupted'}")

@@ -51,5 +51,5 @@ def load_image(path: str | Path) -> Image.Image:
         with Image.open(path) as image:
             image.load()
             return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         raise OSError(f"cannot read image {path}: {exc}") from exc

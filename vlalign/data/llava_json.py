@@ -69,7 +69,10 @@ def _read_raw(path: Path) -> list[tuple[int, object]]:
     """(position, raw record) pairs; a file that cannot be parsed at all is always an error."""
     if not path.is_file():
         raise DataError("data file does not exist", reason="missing_file", file=str(path))
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text: {exc}", reason="corrupt_json", file=str(path)) from None
     if path.suffix == ".jsonl":
         rows = []
         for line_number, line in enumerate(text.splitlines(), start=1):
@@ -108,7 +111,8 @@ def parse_record(raw: object, position: int, file: str, image_root: Path | None,
     turns = []
     for index, turn in enumerate(conversations):
         where = f"conversations[{index}]"
-        if not isinstance(turn, dict) or turn.get("from") not in ROLES or not isinstance(turn.get("value"), str):
+        if (not isinstance(turn, dict) or not isinstance(turn.get("from"), str) or turn["from"] not in ROLES
+                or not isinstance(turn.get("value"), str)):
             fail("each turn needs 'from' (human|gpt) and a string 'value'", "bad_turn", where)
         expected = "human" if index % 2 == 0 else "gpt"
         if turn["from"] != expected:

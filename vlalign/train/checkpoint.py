@@ -77,10 +77,11 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(target: str | Path, accelerator, *, model, objectives, config: RunConfig, state: dict,
-                    optimizer=None, scheduler=None, wrapped=None) -> Path:
+                    optimizer=None, scheduler=None, wrapped=None, rank_state: dict | None = None) -> Path:
     """Atomically write a checkpoint; with optimizer/scheduler it is resumable. All ranks must call it.
 
-    `wrapped`: the prepared TrainingModule, from which sharded (FSDP / ZeRO-3) weights are gathered."""
+    `wrapped`: the prepared TrainingModule, from which sharded (FSDP / ZeRO-3) weights are gathered.
+    `rank_state`: this rank's own counters (skips, truncations), stored beside its RNG state."""
     target = Path(target)
     gathered = _gathered_state(accelerator, wrapped)
     staging = target.with_name(f".{target.name}.tmp")
@@ -90,7 +91,7 @@ def save_checkpoint(target: str | Path, accelerator, *, model, objectives, confi
     accelerator.wait_for_everyone()
     resumable = optimizer is not None
     if resumable:
-        torch.save(_rng_state(), staging / f"rng_{accelerator.process_index}.pt")
+        torch.save({"rng": _rng_state(), **(rank_state or {})}, staging / f"rng_{accelerator.process_index}.pt")
     if accelerator.is_main_process:
         save_file(weights_to_save(model, objectives, gathered), str(staging / WEIGHTS_FILE))
         dump_config(config, staging / "config.yaml")
@@ -167,15 +168,17 @@ def _load_named(module, state: dict, folder: Path) -> None:
             own[name].copy_(tensor.to(own[name].dtype))
 
 
-def restore_training_state(folder: str | Path, accelerator, optimizer, scheduler) -> dict:
+def restore_training_state(folder: str | Path, accelerator, optimizer, scheduler) -> tuple[dict, dict]:
+    """Restores optimizer, scheduler and this rank's RNG; returns (shared state, this rank's counters)."""
     folder = Path(folder)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=False))
     rng_file = folder / f"rng_{accelerator.process_index}.pt"
     if not rng_file.is_file():
         raise ConfigError(f"{folder} was saved with a different number of processes (no {rng_file.name})")
-    _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
-    return json.loads((folder / STATE_FILE).read_text())
+    rank_state = torch.load(rng_file, map_location="cpu", weights_only=False)
+    _set_rng_state(rank_state.pop("rng"))
+    return json.loads((folder / STATE_FILE).read_text()), rank_state
 
 
 def read_state(folder: str | Path) -> dict:

@@ -64,71 +64,88 @@ def _resume_folder(resume, output_dir: Path) -> Path | None:
     return folder
 
 
-def train(config: RunConfig, resume: bool | str | None = None) -> Path:
-    """Runs one stage; returns the folder of its final checkpoint."""
+def _make_accelerator(tc, output_dir: Path):
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.utils import set_seed
 
-    tc = config.train
-    output_dir = Path(tc.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     # cpu=True on machines without CUDA lets torchrun/accelerate launch run DDP over gloo (MULTI_CPU).
-    accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum, mixed_precision=tc.mixed_precision,
-                              log_with="tensorboard", project_dir=str(output_dir),
-                              cpu=not torch.cuda.is_available(),
-                              # A text-only batch leaves the connector (and tower) without gradients on
-                              # that rank; DDP must be told, or ranks disagree on which buckets to reduce.
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    resume_from = _resume_folder(resume, output_dir)
-    if resume_from is not None and accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
-        raise ConfigError("--resume under DeepSpeed/FSDP is not supported yet (optimizer state is sharded); "
-                          "resume with DDP or a single process")
-    set_seed(tc.seed, device_specific=True)  # own dropout stream per rank; DDP syncs the init
+    return Accelerator(gradient_accumulation_steps=tc.grad_accum, mixed_precision=tc.mixed_precision,
+                       log_with="tensorboard", project_dir=str(output_dir), cpu=not torch.cuda.is_available(),
+                       # A text-only batch leaves the connector (and tower) without gradients on that
+                       # rank; DDP must be told, or ranks disagree on which buckets to reduce.
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
+
+def _build_model(config: RunConfig, accelerator) -> tuple[TrainingModule, dict]:
+    tc = config.train
     model = VisionLanguageModel.from_config(config.model)
     recipe = apply_tune(model, tc.stage, tc.tune)
     if tc.init_from:
         loaded = ckpt.load_weights(tc.init_from, model)
         accelerator.print(f"[vlalign] initialised {len(loaded)} tensors from {tc.init_from}")
     objectives = build_objectives(config.objectives, model)
-    module = TrainingModule(model, objectives)
     accelerator.print(f"[vlalign] stage {tc.stage}, recipe {recipe}, {model.num_visual_tokens} visual tokens/image")
     accelerator.print(format_parameter_table(parameter_table(model, {"objectives": objectives})))
+    return TrainingModule(model, objectives), recipe
 
-    skips = SkipReport()
+
+def _build_loader(config: RunConfig, model, skips: SkipReport):
+    tc = config.train
     dataset = build_dataset(config, model, skips)
     sampler = LengthGroupedBatchSampler(dataset.estimated_lengths(), tc.batch_size, tc.seed,
                                         config.data.group_by_length)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(model.tokenizer.pad_token_id),
                         num_workers=config.data.num_workers,
                         generator=torch.Generator().manual_seed(tc.seed))  # keeps global RNG untouched
+    return loader, sampler
+
+
+def train(config: RunConfig, resume: bool | str | None = None) -> Path:
+    """Runs one stage; returns the folder of its final checkpoint."""
+    from accelerate.utils import set_seed
+
+    tc = config.train
+    output_dir = Path(tc.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = _make_accelerator(tc, output_dir)
+    resume_from = _resume_folder(resume, output_dir)
+    if resume_from is not None and accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
+        raise ConfigError("--resume under DeepSpeed/FSDP is not supported yet (optimizer state is sharded); "
+                          "resume with DDP or a single process")
+    set_seed(tc.seed, device_specific=True)  # own dropout stream per rank; DDP syncs the init
+
+    module, recipe = _build_model(config, accelerator)
+    skips = SkipReport()
+    loader, sampler = _build_loader(config, module.model, skips)
     optimizer = build_optimizer(module, tc)
     module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
+    unwrapped = accelerator.unwrap_model(module)
     steps_per_epoch = max(1, math.ceil(len(loader) / tc.grad_accum))
     total_steps = tc.max_steps or tc.epochs * steps_per_epoch
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     scheduler = build_scheduler(getattr(optimizer, "optimizer", optimizer), tc, total_steps)
 
-    step, epoch, batches_done = 0, 0, 0
+    step, epoch, batches_done, truncated = 0, 0, 0, 0
     if resume_from is not None:
-        state = ckpt.restore_training_state(resume_from, accelerator, optimizer, scheduler)
-        ckpt.load_weights(resume_from, accelerator.unwrap_model(module).model,
-                          accelerator.unwrap_model(module).objectives)
+        state, rank_state = ckpt.restore_training_state(resume_from, accelerator, optimizer, scheduler)
+        ckpt.load_weights(resume_from, unwrapped.model, unwrapped.objectives)
         step, epoch, batches_done = state["step"], state["epoch"], state["batches_done"]
-        skips.merge(SkipReport(counts=Counter(state.get("skips", {}))))
+        skips.merge(SkipReport(counts=Counter(rank_state["skips"])))
+        truncated = rank_state["truncated"]
         accelerator.print(f"[vlalign] resumed from {resume_from} at step {step} (epoch {epoch}, "
                           f"batch {batches_done})")
     if accelerator.is_main_process:
         dump_config(config, output_dir / "config.yaml")
     accelerator.init_trackers("tensorboard")
-
     logger = StepLogger(accelerator, output_dir, total_steps, step, tc.batch_size * accelerator.num_processes)
     module.train()
-    unwrapped = accelerator.unwrap_model(module)
 
-    def state_dict(done_epoch: int, done_batches: int) -> dict:
-        return {"step": step, "epoch": done_epoch, "batches_done": done_batches, "stage": tc.stage,
-                "recipe": recipe, "total_steps": total_steps, "skips": dict(skips.counts)}
+    def save(folder: Path, resumable: bool) -> Path:
+        state = {"step": step, "epoch": epoch, "batches_done": batches_done, "stage": tc.stage,
+                 "recipe": recipe, "total_steps": total_steps}
+        extra = {"optimizer": optimizer, "scheduler": scheduler} if resumable else {}
+        return ckpt.save_checkpoint(folder, accelerator, model=unwrapped.model, objectives=unwrapped.objectives,
+                                    config=config, state=state, wrapped=module,
+                                    rank_state={"skips": dict(skips.counts), "truncated": truncated}, **extra)
 
     while step < total_steps and epoch < num_epochs:
         epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
@@ -139,7 +156,7 @@ def train(config: RunConfig, resume: bool | str | None = None) -> Path:
         for batch in epoch_loader:
             batches_done += 1
             skips.merge(batch.skips)
-            logger.truncated += batch.truncated
+            truncated += batch.truncated
             if len(batch) == 0:
                 continue  # every record of this batch was skipped (and counted)
             with accelerator.accumulate(module):
@@ -156,10 +173,7 @@ def train(config: RunConfig, resume: bool | str | None = None) -> Path:
             step += 1
             logger.step_done(step, scheduler.get_last_lr()[0], log=step % tc.log_every == 0 or step == total_steps)
             if tc.save_every and step % tc.save_every == 0 and step < total_steps:
-                ckpt.save_checkpoint(output_dir / f"checkpoint-{step:06d}", accelerator, model=unwrapped.model,
-                                     objectives=unwrapped.objectives, config=config,
-                                     state=state_dict(epoch, batches_done), optimizer=optimizer,
-                                     scheduler=scheduler, wrapped=module)
+                save(output_dir / f"checkpoint-{step:06d}", resumable=True)
                 if accelerator.is_main_process:
                     ckpt.prune_checkpoints(output_dir, tc.keep_checkpoints)
                 ckpt._fault_point(f"after_step_{step}")
@@ -171,17 +185,26 @@ def train(config: RunConfig, resume: bool | str | None = None) -> Path:
         break
 
     logger.close()
-    final = ckpt.save_checkpoint(output_dir / "final", accelerator, model=unwrapped.model,
-                                 objectives=unwrapped.objectives, config=config,
-                                 state=state_dict(epoch, batches_done), wrapped=module)
-    accelerator.print(f"[vlalign] {skips.summary()}; {logger.truncated} samples truncated")
-    if accelerator.is_main_process:
-        (output_dir / "data_report.json").write_text(json.dumps(
-            {"skipped": dict(skips.counts), "skip_examples": skips.examples, "truncated": logger.truncated},
-            indent=2))
+    final = save(output_dir / "final", resumable=False)
+    _report_data(accelerator, output_dir, skips, truncated)
     accelerator.end_training()
     accelerator.print(f"[vlalign] stage {tc.stage} done: {final}")
     return final
+
+
+def _report_data(accelerator, output_dir: Path, skips: SkipReport, truncated: int) -> None:
+    """Skip counts and truncations summed over all ranks, printed and written to data_report.json."""
+    from accelerate.utils import gather_object
+
+    total = SkipReport()
+    all_truncated = 0
+    for rank_skips, rank_truncated in gather_object([(skips, truncated)]):
+        total.merge(rank_skips)
+        all_truncated += rank_truncated
+    accelerator.print(f"[vlalign] {total.summary()}; {all_truncated} samples truncated")
+    if accelerator.is_main_process:
+        (output_dir / "data_report.json").write_text(json.dumps(
+            {"skipped": dict(total.counts), "skip_examples": total.examples, "truncated": all_truncated}, indent=2))
 
 
 class StepLogger:
@@ -197,7 +220,6 @@ class StepLogger:
         self.sums: dict[str, float] = {}
         self.count = 0
         self.samples = 0
-        self.truncated = 0
         self.window_start = time.perf_counter()
 
     def accumulate(self, total, losses, metrics, batch_size: int) -> None:

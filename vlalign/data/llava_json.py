@@ -36,27 +36,34 @@ class Record:
 
 @dataclass
 class SkipReport:
-    """Counts what a `skip` policy dropped, by reason, with a few example messages per reason."""
+    """What a `skip` policy dropped: each distinct (reason, file, record) once, however many epochs or
+    ranks met it, so the counts are records, not encounters."""
 
-    counts: Counter = field(default_factory=Counter)
-    examples: dict[str, list[str]] = field(default_factory=dict)
+    entries: dict[tuple[str, str, str], str] = field(default_factory=dict)  # key -> message
 
     def add(self, error: DataError) -> None:
-        self.counts[error.reason] += 1
-        self.examples.setdefault(error.reason, [])
-        if len(self.examples[error.reason]) < 3:
-            self.examples[error.reason].append(str(error))
+        key = (error.reason, error.file or "", error.record_id or str(error))
+        self.entries.setdefault(key, str(error))
 
     def merge(self, other: "SkipReport") -> None:
-        for reason, count in other.counts.items():
-            self.counts[reason] += count
-            for example in other.examples.get(reason, []):
-                if len(self.examples.setdefault(reason, [])) < 3:
-                    self.examples[reason].append(example)
+        for key, message in other.entries.items():
+            self.entries.setdefault(key, message)
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(reason for reason, _, _ in self.entries)
+
+    @property
+    def examples(self) -> dict[str, list[str]]:
+        examples: dict[str, list[str]] = {}
+        for (reason, _, _), message in sorted(self.entries.items()):
+            if len(examples.setdefault(reason, [])) < 3:
+                examples[reason].append(message)
+        return examples
 
     @property
     def total(self) -> int:
-        return sum(self.counts.values())
+        return len(self.entries)
 
     def summary(self) -> str:
         if not self.total:

@@ -137,12 +137,16 @@ def load_vision_tower(source_text: str, feature_layer: int = -2, select: str = "
 
 
 def _timm_tower(source: Source, source_text: str, image_size: int | None, select: str) -> VisionTower:
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is None:
+        raise ModelSourceError(f"vision tower {source_text!r} needs timm (pip install 'vlalign[timm]'); "
+                               f"the packaged 'efficientnet-lite0' works without it")
     try:
         import timm
-    except ImportError as exc:
-        raise ModelSourceError(
-            f"vision tower {source_text!r} needs timm (pip install 'vlalign[timm]'); "
-            f"the packaged 'efficientnet-lite0' works without it") from exc
+    except ImportError as exc:  # e.g. no torchvision that works with this torch build
+        raise ModelSourceError(f"vision tower {source_text!r}: timm is installed but does not import "
+                               f"({exc}); timm needs a torchvision that matches your torch") from exc
     try:
         model = timm.create_model(source.location, pretrained=False, num_classes=0)
     except RuntimeError as exc:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ from vlalign.config import RunConfig, dump_config
 from vlalign.data.build import build_dataset
 from vlalign.data.dataset import Collator, LengthGroupedBatchSampler
 from vlalign.data.llava_json import SkipReport
-from vlalign.errors import ConfigError
+from vlalign.errors import ConfigError, DataError
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.objectives import build_objectives
 from vlalign.train import checkpoint as ckpt
@@ -114,14 +113,15 @@ def train(config: RunConfig, resume: bool | str | None = None) -> Path:
     set_seed(tc.seed, device_specific=True)  # own dropout stream per rank; DDP syncs the init
 
     module, recipe = _build_model(config, accelerator)
-    skips = SkipReport()
-    loader, sampler = _build_loader(config, module.model, skips)
+    # Load-time skips are recounted identically by every start and every rank; item-time skips
+    # (template, unreadable image) are met during training and travel in the checkpoints.
+    load_skips, skips = SkipReport(), SkipReport()
+    loader, sampler = _build_loader(config, module.model, load_skips)
     optimizer = build_optimizer(module, tc)
     module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
     unwrapped = accelerator.unwrap_model(module)
     steps_per_epoch = max(1, math.ceil(len(loader) / tc.grad_accum))
     total_steps = tc.max_steps or tc.epochs * steps_per_epoch
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
     scheduler = build_scheduler(getattr(optimizer, "optimizer", optimizer), tc, total_steps)
 
     step, epoch, batches_done, truncated = 0, 0, 0, 0
@@ -129,7 +129,7 @@ def train(config: RunConfig, resume: bool | str | None = None) -> Path:
         state, rank_state = ckpt.restore_training_state(resume_from, accelerator, optimizer, scheduler)
         ckpt.load_weights(resume_from, unwrapped.model, unwrapped.objectives)
         step, epoch, batches_done = state["step"], state["epoch"], state["batches_done"]
-        skips.merge(SkipReport(counts=Counter(rank_state["skips"])))
+        skips.merge(SkipReport(entries=dict(rank_state["skips"])))
         truncated = rank_state["truncated"]
         accelerator.print(f"[vlalign] resumed from {resume_from} at step {step} (epoch {epoch}, "
                           f"batch {batches_done})")
@@ -145,58 +145,63 @@ def train(config: RunConfig, resume: bool | str | None = None) -> Path:
         extra = {"optimizer": optimizer, "scheduler": scheduler} if resumable else {}
         return ckpt.save_checkpoint(folder, accelerator, model=unwrapped.model, objectives=unwrapped.objectives,
                                     config=config, state=state, wrapped=module,
-                                    rank_state={"skips": dict(skips.counts), "truncated": truncated}, **extra)
+                                    rank_state={"skips": list(skips.entries.items()), "truncated": truncated}, **extra)
 
-    while step < total_steps and epoch < num_epochs:
-        epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
-        # accelerate's loaders re-apply their own epoch counter to the sampler on every __iter__; a resumed
-        # run's fresh loader would count from 0, so set both explicitly.
-        epoch_loader.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        for batch in epoch_loader:
-            batches_done += 1
-            skips.merge(batch.skips)
-            truncated += batch.truncated
-            if len(batch) == 0:
-                continue  # every record of this batch was skipped (and counted)
-            with accelerator.accumulate(module):
-                total, losses, metrics = module(batch)
-                accelerator.backward(total)
-                if accelerator.sync_gradients and tc.max_grad_norm:
-                    accelerator.clip_grad_norm_(module.parameters(), tc.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            logger.accumulate(total, losses, metrics, len(batch))
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            step += 1
-            logger.step_done(step, scheduler.get_last_lr()[0], log=step % tc.log_every == 0 or step == total_steps)
-            if tc.save_every and step % tc.save_every == 0 and step < total_steps:
-                save(output_dir / f"checkpoint-{step:06d}", resumable=True)
-                if accelerator.is_main_process:
-                    ckpt.prune_checkpoints(output_dir, tc.keep_checkpoints)
-                ckpt._fault_point(f"after_step_{step}")
-            if step >= total_steps:
-                break
-        else:
-            epoch, batches_done = epoch + 1, 0
-            continue
-        break
-
-    logger.close()
+    try:
+        while step < total_steps:
+            steps_before, batches_before = step, batches_done
+            epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
+            # accelerate's loaders re-apply their own epoch counter to the sampler on every __iter__; a resumed
+            # run's fresh loader would count from 0, so set both explicitly.
+            epoch_loader.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            for batch in epoch_loader:
+                batches_done += 1
+                skips.merge(batch.skips)
+                truncated += batch.truncated
+                if len(batch) == 0:
+                    continue  # every record of this batch was skipped (and counted)
+                with accelerator.accumulate(module):
+                    total, losses, metrics = module(batch)
+                    accelerator.backward(total)
+                    if accelerator.sync_gradients and tc.max_grad_norm:
+                        accelerator.clip_grad_norm_(module.parameters(), tc.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                logger.accumulate(total, losses, metrics, len(batch))
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                step += 1
+                logger.step_done(step, scheduler.get_last_lr()[0], log=step % tc.log_every == 0 or step == total_steps)
+                if tc.save_every and step % tc.save_every == 0 and step < total_steps:
+                    save(output_dir / f"checkpoint-{step:06d}", resumable=True)
+                    if accelerator.is_main_process:
+                        ckpt.prune_checkpoints(output_dir, tc.keep_checkpoints)
+                    ckpt._fault_point(f"after_step_{step}")
+                if step >= total_steps:
+                    break
+            else:  # the epoch ran out
+                if step == steps_before and batches_done > batches_before:
+                    raise DataError("a whole epoch gave no training step: every record was skipped",
+                                    reason="empty", file=config.data.train_file)
+                epoch, batches_done = epoch + 1, 0
+    finally:
+        logger.close()  # also on errors, so the bar and metrics.jsonl are closed
     final = save(output_dir / "final", resumable=False)
-    _report_data(accelerator, output_dir, skips, truncated)
+    _report_data(accelerator, output_dir, load_skips, skips, truncated)
     accelerator.end_training()
     accelerator.print(f"[vlalign] stage {tc.stage} done: {final}")
     return final
 
 
-def _report_data(accelerator, output_dir: Path, skips: SkipReport, truncated: int) -> None:
-    """Skip counts and truncations summed over all ranks, printed and written to data_report.json."""
+def _report_data(accelerator, output_dir: Path, load_skips: SkipReport, skips: SkipReport,
+                 truncated: int) -> None:
+    """Skipped records (distinct, over all ranks) and truncations, printed and written to data_report.json."""
     from accelerate.utils import gather_object
 
     total = SkipReport()
+    total.merge(load_skips)
     all_truncated = 0
     for rank_skips, rank_truncated in gather_object([(skips, truncated)]):
         total.merge(rank_skips)

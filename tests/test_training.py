@@ -123,3 +123,28 @@ def test_crash_while_saving_leaves_previous_checkpoint_usable(tiny_config, tmp_p
     assert not any(p.name.startswith("checkpoint-") for p in out.iterdir())
     assert _run_cli(config, resume=True).returncode == 0  # nothing to resume from: starts over, finishes
     assert ckpt.is_complete(out / "final")
+
+
+def test_full_stage2_with_gradient_checkpointing_matches_plain_backward(tiny_config, toy_data):
+    from vlalign.data.build import build_dataset
+    from vlalign.data.dataset import Collator
+    from vlalign.data.llava_json import SkipReport
+    from vlalign.objectives.generative import next_token_loss
+
+    grads = []
+    for checkpointing in (False, True):
+        config = tiny_config(2, f"model.gradient_checkpointing={str(checkpointing).lower()}")
+        torch.manual_seed(0)
+        model = VisionLanguageModel.from_config(config.model)
+        apply_tune(model, 2, config.train.tune)
+        model.train()
+        dataset = build_dataset(config, model, SkipReport())
+        batch = Collator(model.tokenizer.pad_token_id)([dataset[i] for i in range(4)])
+        loss = next_token_loss(model(batch.input_ids, batch.attention_mask, batch.pixel_values), batch.labels)
+        loss.backward()
+        assert model.language_model.is_activation_checkpointing == checkpointing
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert any(n.startswith("language_model.model.layers.") for n in grads[0])  # the full LLM trains
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)

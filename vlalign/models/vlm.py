@@ -58,7 +58,11 @@ class VisionLanguageModel(nn.Module):
         llm_dim = language_model.get_input_embeddings().weight.shape[1]
         connector = build_connector(config.connector, tower.hidden_size, llm_dim, config.connector_options)
         if config.gradient_checkpointing:
-            language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # Non-reentrant, so a frozen LLM fed trainable visual tokens still gets gradients through.
+            if hasattr(language_model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                language_model.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return cls(tower, connector, language_model, tokenizer, image_token_id, config)
 
     @property

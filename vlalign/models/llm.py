@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from vlalign.errors import ModelSourceError
 from vlalign.models.sources import hf_folder_for_gguf, load_or_explain, parse_source
 
@@ -46,7 +44,3 @@ def load_llm(source_text: str, image_token: str, attn_implementation: str = "sdp
         # mean_resizing=False avoids a covariance pass over a large vocabulary.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     return model, tokenizer, image_token_id
-
-
-def save_tokenizer(tokenizer, folder: str | Path) -> None:
-    tokenizer.save_pretrained(str(folder))

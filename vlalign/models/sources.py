@@ -41,10 +41,6 @@ class Source:
     location: str  # folder, hub id, timm model name, alias or .gguf path
     weights: str | None = None  # timm only: optional weights file
 
-    @property
-    def is_local(self) -> bool:
-        return self.kind != "hf" or Path(self.location).is_dir()
-
 
 def _package_dir(module: str, hint: str, alias: str) -> Path:
     spec = importlib.util.find_spec(module)

@@ -99,7 +99,7 @@ def save_checkpoint(target: str | Path, accelerator, *, model, objectives, confi
         if resumable:
             torch.save(optimizer.state_dict(), staging / "optimizer.pt")
             torch.save(scheduler.state_dict(), staging / "scheduler.pt")
-        _fault_point("before_state")
+        fault_point("before_state")
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
         if target.exists():
             shutil.rmtree(target)
@@ -108,7 +108,7 @@ def save_checkpoint(target: str | Path, accelerator, *, model, objectives, confi
     return target
 
 
-def _fault_point(name: str) -> None:
+def fault_point(name: str) -> None:
     """Crash on purpose where VLALIGN_FAULT names this point (used by the crash-safety tests)."""
     if os.environ.get("VLALIGN_FAULT") == name:
         os._exit(17)
@@ -179,7 +179,3 @@ def restore_training_state(folder: str | Path, accelerator, optimizer, scheduler
     rank_state = torch.load(rng_file, map_location="cpu", weights_only=False)
     _set_rng_state(rank_state.pop("rng"))
     return json.loads((folder / STATE_FILE).read_text()), rank_state
-
-
-def read_state(folder: str | Path) -> dict:
-    return json.loads((Path(folder) / STATE_FILE).read_text())

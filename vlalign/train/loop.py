@@ -178,7 +178,7 @@ def train(config: RunConfig, resume: bool | str | None = None) -> Path:
                     save(output_dir / f"checkpoint-{step:06d}", resumable=True)
                     if accelerator.is_main_process:
                         ckpt.prune_checkpoints(output_dir, tc.keep_checkpoints)
-                    ckpt._fault_point(f"after_step_{step}")
+                    ckpt.fault_point(f"after_step_{step}")
                 if step >= total_steps:
                     break
             else:  # the epoch ran out

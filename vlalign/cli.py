@@ -62,7 +62,7 @@ def cmd_data_toy(args) -> None:
 def cmd_demo(args) -> None:
     from vlalign.demo import run_demo
 
-    run_demo(Path(args.out), n_images=args.n_images)
+    run_demo(Path(args.out), quick=args.quick, seed=args.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,9 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--seed", type=int, default=0)
     toy.set_defaults(func=cmd_data_toy)
 
-    demo = commands.add_parser("demo", help="offline two-stage run with the packaged models")
+    shapes = data_commands.add_parser("shapes", help="the synthetic shapes world: train/test sets with ground truth")
+    from vlalign.data.shapes.cli import add_arguments as add_shapes_arguments, main_data_shapes
+
+    add_shapes_arguments(shapes)
+    shapes.set_defaults(func=main_data_shapes)
+
+    dual = commands.add_parser("train-dual-encoder",
+                               help="train the demo's LiT-style dual encoder (EfficientNet-Lite0 + MiniLM heads)")
+    from vlalign.dual_encoder.cli import add_arguments as add_dual_arguments, main_train_dual_encoder
+
+    add_dual_arguments(dual)
+    dual.set_defaults(func=main_train_dual_encoder)
+
+    demo = commands.add_parser("demo", help="the offline end-to-end run with a report (README's main job)")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--n-images", type=int, default=160)
+    demo.add_argument("--quick", action="store_true", help="CI-sized run (a few minutes)")
+    demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -1,0 +1,140 @@
+"""The contrastive losses of the seed papers as pure functions: tensors in, a scalar tensor out.
+
+No modules, no config, no learnable state: the objective classes own the temperature parameters and the
+batch plumbing and call these. Every `logit_scale` is the multiplier 1/tau, already exponentiated (a
+float or a 0-d tensor, so a learnable log-scale stays differentiable through it).
+
+All similarities are cosines (rows L2-normalised here), computed in float32 even for half-precision
+inputs: softmax cross-entropy over a batch of bf16 logits loses the small differences that matter.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+Scale = float | torch.Tensor
+
+
+def _as_scalar(value: Scale, name: str) -> Scale:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a float or a 0-d tensor, got a tensor of shape {tuple(value.shape)}")
+        return value.reshape(()).float()
+    return float(value)
+
+
+def _check_rank(tensor: torch.Tensor, rank: int, name: str, layout: str) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor {layout}, got {type(tensor).__name__}")
+    if tensor.dim() != rank:
+        raise ValueError(f"{name} must be {layout}, got shape {tuple(tensor.shape)}")
+
+
+def _check_batch(size: int, names: str) -> None:
+    if size == 0:
+        raise ValueError(f"{names}: empty batch (N = 0); a contrastive loss needs at least one pair")
+
+
+def _unit(tensor: torch.Tensor) -> torch.Tensor:
+    return F.normalize(tensor.float(), dim=-1)
+
+
+def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[N, D] x [M, D] -> [N, M] cosines."""
+    return _unit(a) @ _unit(b).T
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: Scale) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP): pair i of `a` matches pair i of `b`; every other row is a negative.
+
+    logits = logit_scale * cos(a_i, b_j); loss = (CE(logits, i) + CE(logits.T, i)) / 2.
+    """
+    _check_rank(a, 2, "a", "[N, D]")
+    _check_rank(b, 2, "b", "[N, D]")
+    if a.shape != b.shape:
+        raise ValueError(f"info_nce: a {tuple(a.shape)} and b {tuple(b.shape)} must have the same [N, D]")
+    _check_batch(a.shape[0], "info_nce")
+    logits = _as_scalar(logit_scale, "logit_scale") * cosine_matrix(a, b)
+    targets = torch.arange(a.shape[0], device=a.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def sigmoid_contrastive(a: torch.Tensor, b: torch.Tensor, logit_scale: Scale, logit_bias: Scale) -> torch.Tensor:
+    """SigLIP pairwise sigmoid loss: every (i, j) is an independent binary match / no-match decision.
+
+    logits_ij = logit_scale * cos(a_i, b_j) + logit_bias; z_ij = +1 on the diagonal, -1 elsewhere;
+    loss = -sum_ij log sigmoid(z_ij * logits_ij) / N (SigLIP normalises by the batch size, not N^2).
+    """
+    _check_rank(a, 2, "a", "[N, D]")
+    _check_rank(b, 2, "b", "[N, D]")
+    if a.shape != b.shape:
+        raise ValueError(f"sigmoid_contrastive: a {tuple(a.shape)} and b {tuple(b.shape)} must have the same [N, D]")
+    _check_batch(a.shape[0], "sigmoid_contrastive")
+    n = a.shape[0]
+    logits = (_as_scalar(logit_scale, "logit_scale") * cosine_matrix(a, b)
+              + _as_scalar(logit_bias, "logit_bias"))
+    signs = 2 * torch.eye(n, device=a.device) - 1
+    return -F.logsigmoid(signs * logits).sum() / n
+
+
+def cg_contrastive(visual_tokens: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor,
+                   logit_scale: Scale) -> torch.Tensor:
+    """CG-VLM (seed 003, Eq. 3-4): mean-pooled visual tokens vs each caption's token embeddings.
+
+    s[i, j] = logit_scale * mean over valid tokens m of caption j of cos(pool(visual_tokens[i]), text_embeds[j, m]);
+    loss = CE(s, arange(B)) averaged over B (image -> caption direction only, as in the paper).
+    Shapes: visual_tokens [B, Nv, D], text_embeds [B, M, D], text_mask [B, M] (True = real token).
+    """
+    _check_rank(visual_tokens, 3, "visual_tokens", "[B, Nv, D]")
+    _check_rank(text_embeds, 3, "text_embeds", "[B, M, D]")
+    _check_rank(text_mask, 2, "text_mask", "[B, M]")
+    batch = visual_tokens.shape[0]
+    if text_embeds.shape[0] != batch or text_embeds.shape[-1] != visual_tokens.shape[-1]:
+        raise ValueError(f"cg_contrastive: visual_tokens {tuple(visual_tokens.shape)} and text_embeds "
+                         f"{tuple(text_embeds.shape)} must share B and D")
+    if tuple(text_mask.shape) != tuple(text_embeds.shape[:2]):
+        raise ValueError(f"cg_contrastive: text_mask {tuple(text_mask.shape)} must be [B, M] = "
+                         f"{tuple(text_embeds.shape[:2])}")
+    _check_batch(batch, "cg_contrastive")
+    if visual_tokens.shape[1] == 0:
+        raise ValueError("cg_contrastive: visual_tokens has no tokens (Nv = 0)")
+    valid = text_mask.bool()
+    counts = valid.sum(dim=1)
+    if (counts == 0).any():
+        empty = (counts == 0).nonzero().flatten().tolist()
+        raise ValueError(f"cg_contrastive: caption(s) {empty} have no valid token in text_mask; "
+                         f"their mean similarity is undefined")
+    pooled = _unit(visual_tokens.float().mean(dim=1))  # [B, D]
+    # Zero padded positions before anything touches them: they may hold anything (even NaN), which would
+    # otherwise reach the gradient of the visual side through the einsum even if masked afterwards.
+    text_tokens = text_embeds.float().masked_fill(~valid.unsqueeze(-1), 0.0)
+    cosines = torch.einsum("id,jmd->ijm", pooled, _unit(text_tokens))  # [B, B, M]; padded positions are 0
+    scores = _as_scalar(logit_scale, "logit_scale") * cosines.sum(dim=-1) / counts.unsqueeze(0)
+    return F.cross_entropy(scores, torch.arange(batch, device=scores.device))
+
+
+def qformer_itc(query_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: Scale,
+                label_smoothing: float = 0.0) -> torch.Tensor:
+    """BLIP-2 / X-Former image-text contrastive loss: the best-matching query stands for the image.
+
+    sim[i, j] = logit_scale * max_q cos(query_embeds[i, q], text_embeds[j]);
+    loss = (CE(sim, arange) + CE(sim.T, arange)) / 2, both with `label_smoothing`.
+    Shapes: query_embeds [B, Q, D], text_embeds [B, D].
+    """
+    _check_rank(query_embeds, 3, "query_embeds", "[B, Q, D]")
+    _check_rank(text_embeds, 2, "text_embeds", "[B, D]")
+    batch = query_embeds.shape[0]
+    if text_embeds.shape[0] != batch or text_embeds.shape[1] != query_embeds.shape[-1]:
+        raise ValueError(f"qformer_itc: query_embeds {tuple(query_embeds.shape)} and text_embeds "
+                         f"{tuple(text_embeds.shape)} must share B and D")
+    _check_batch(batch, "qformer_itc")
+    if query_embeds.shape[1] == 0:
+        raise ValueError("qformer_itc: query_embeds has no queries (Q = 0)")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"qformer_itc: label_smoothing must be in [0, 1), got {label_smoothing}")
+    per_query = torch.einsum("iqd,jd->ijq", _unit(query_embeds), _unit(text_embeds))  # [B, B, Q]
+    sim = _as_scalar(logit_scale, "logit_scale") * per_query.max(dim=-1).values
+    targets = torch.arange(batch, device=sim.device)
+    return (F.cross_entropy(sim, targets, label_smoothing=label_smoothing)
+            + F.cross_entropy(sim.T, targets, label_smoothing=label_smoothing)) / 2

@@ -93,3 +93,44 @@ def test_avgpool_averages_windows_and_keeps_partial_edges():
 def test_unknown_connector_lists_registered():
     with pytest.raises(ConfigError, match="avgpool.*linear.*mlp2x_gelu"):
         build_connector("qformerz", 8, 8)
+
+
+def test_pooled_mlp_connector_and_intermediate_cnn_stage(tiny_models):
+    from vlalign.errors import ModelSourceError
+    from vlalign.models.vision import load_vision_tower
+
+    tower = load_vision_tower("efficientnet-lite0", feature_stage=3)
+    assert tower.grid == (14, 14) and tower.hidden_size == 80  # stride 16, 80 channels
+    final = load_vision_tower("efficientnet-lite0")
+    assert final.grid == (7, 7) and final.hidden_size == 1280
+    connector = build_connector("mlp2x_gelu", 80, 16, {"pool": 2})
+    assert connector.output_tokens(0, tower.grid) == 49
+    tokens = tower(torch.randn(1, 3, 224, 224))
+    assert tokens.shape == (1, 196, 80) and connector(tokens, tower.grid).shape == (1, 49, 16)
+    # Pooling then the MLP equals the MLP applied to 2x2-averaged tokens.
+    grid = tokens[0].reshape(14, 14, 80)
+    first_window = grid[:2, :2].reshape(4, 80).mean(0)
+    expected = connector.linear_2(connector.act(connector.linear_1(first_window)))
+    torch.testing.assert_close(connector(tokens, tower.grid)[0, 0], expected)
+    with pytest.raises(ModelSourceError, match="vision_feature_layer"):
+        VisionLanguageModel.from_config(ModelConfig(vision_tower=tiny_models["clip"], llm=tiny_models["llm"],
+                                                    vision_feature_stage=3))
+
+
+def test_merge_connector_concatenates_each_window_and_pads_edges():
+    connector = build_connector("linear", 2, 3, {"merge": 2})
+    assert connector.linear.in_features == 8 and connector.output_tokens(1, (3, 3)) == 5
+    # one prefix token, then a 3x3 grid whose cell (r, c) carries features (10r + c, -(10r + c))
+    cells = torch.tensor([[10.0 * r + c, -(10.0 * r + c)] for r in range(3) for c in range(3)])
+    tokens = torch.cat([torch.full((1, 2), 7.0), cells]).unsqueeze(0)
+    merged = connector.reduced(tokens, (3, 3))
+    assert merged.shape == (1, 5, 8)
+    torch.testing.assert_close(merged[0, 0], torch.tensor([7.0, 7.0, 0, 0, 0, 0, 0, 0]))  # prefix, zero-padded
+    # window (0, 0) holds cells 00, 01, 10, 11, channel-major: channel 0 of the four, then channel 1
+    torch.testing.assert_close(merged[0, 1], torch.tensor([0.0, 1, 10, 11, -0.0, -1, -10, -11]))
+    # the bottom-right window holds only cell 22; the three cells past the edge are zeros
+    torch.testing.assert_close(merged[0, 4], torch.tensor([22.0, 0, 0, 0, -22, 0, 0, 0]))
+    with pytest.raises(ConfigError, match="pool or merge"):
+        build_connector("mlp2x_gelu", 2, 3, {"pool": 2, "merge": 2})
+    with pytest.raises(ConfigError, match="merge must be an integer >= 1"):
+        build_connector("linear", 2, 3, {"merge": 0})

@@ -27,6 +27,8 @@ class ModelConfig(Section):
     vision_feature_layer: int = -2
     # "patch" drops CLS/register tokens (LLaVA-1.5 'default'); "full" keeps them.
     vision_feature_select: Literal["patch", "full"] = "patch"
+    # CNN/timm towers: read this intermediate stage instead of the final features (None: final).
+    vision_feature_stage: int | None = None
     image_size: int | None = None  # None: the tower's own size
     image_aspect: Literal["pad", "resize", "crop"] = "pad"  # LLaVA-1.5 pads to square
     connector: str = "mlp2x_gelu"

@@ -34,17 +34,15 @@ class Preset:
     stage2_records: int
     eval_per_set: int  # questions per test set (a deterministic sample)
     dual_encoder_epochs: int
-    # Seconds per sample measured on the 2-core CPU machine, for the up-front estimate.
-    seconds_estimate: float = 0.0
 
 
 PRESETS = {
-    "full": Preset(n_train=1500, n_test=200, stage1_records=1500, stage2_records=700, eval_per_set=120,
+    "full": Preset(n_train=1500, n_test=200, stage1_records=1500, stage2_records=520, eval_per_set=100,
                    dual_encoder_epochs=15),
     "quick": Preset(n_train=48, n_test=16, stage1_records=48, stage2_records=32, eval_per_set=12,
                     dual_encoder_epochs=2),
 }
-COST_PER_SAMPLE = {"stage1": 0.33, "stage2": 0.65, "eval": 0.12, "image": 0.03}  # seconds, measured here
+COST_PER_SAMPLE = {"stage1": 0.27, "stage2": 0.9, "eval": 0.18, "image": 0.03}  # seconds, measured here
 
 
 def estimate_seconds(preset: Preset, n_objectives: int) -> float:

@@ -27,61 +27,94 @@ def register_connector(name: str):
 
 
 class Connector(nn.Module):
+    """Base: optional reduction of the patch grid, then the connector's own map.
+
+    - `pool` k: k x k average pooling (seed 000 sec. 4.4). Edge windows of a grid that k does not divide
+      are averaged over the cells they cover (ceil mode), so no patch is dropped.
+    - `merge` k: space-to-depth, each k x k window's cells concatenated into one token of k*k*Dv
+      features (the patch merger of Qwen2-VL / InternVL's pixel shuffle): fewer tokens, nothing averaged
+      away. Edge windows are zero-padded.
+    Prefix (CLS) tokens, when kept, pass through unreduced (zero-padded to the merged width).
+    """
+
+    pool: int = 1
+    merge: int = 1
+
+    def _set_reduction(self, pool: int, merge: int) -> None:
+        for name, value in (("pool", pool), ("merge", merge)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model.connector_options.{name} must be an integer >= 1, got {value!r}")
+        if pool > 1 and merge > 1:
+            raise ConfigError("model.connector_options: give pool or merge, not both")
+        self.pool, self.merge = pool, merge
+
+    @property
+    def window(self) -> int:
+        return max(self.pool, self.merge)
+
     def output_tokens(self, num_prefix: int, grid: tuple[int, int]) -> int:
         """Visual tokens this connector emits for `num_prefix` extra tokens followed by a `grid` of patches."""
-        return num_prefix + grid[0] * grid[1]
+        return num_prefix + math.ceil(grid[0] / self.window) * math.ceil(grid[1] / self.window)
+
+    def reduced(self, vision_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """[B, N, Dv] -> [B, M, Dv] (pool) or [B, M, merge*merge*Dv] (merge)."""
+        if self.window == 1:
+            return vision_tokens
+        rows, cols = grid
+        k = self.window
+        num_prefix = vision_tokens.shape[1] - rows * cols
+        prefix, patches = vision_tokens[:, :num_prefix], vision_tokens[:, num_prefix:]
+        maps = patches.transpose(1, 2).reshape(patches.shape[0], -1, rows, cols)
+        if self.pool > 1:
+            reduced = nn.functional.avg_pool2d(maps, k, k, ceil_mode=True, count_include_pad=False)
+            return torch.cat([prefix, reduced.flatten(2).transpose(1, 2)], dim=1)
+        maps = nn.functional.pad(maps, (0, -cols % k, 0, -rows % k))
+        # unfold orders each window's features channel-major: [B, Dv*k*k, windows]
+        merged = nn.functional.unfold(maps, kernel_size=k, stride=k).transpose(1, 2)
+        prefix = nn.functional.pad(prefix, (0, merged.shape[-1] - prefix.shape[-1]))
+        return torch.cat([prefix, merged], dim=1)
+
+    def reduced_dim(self, vision_dim: int) -> int:
+        return vision_dim * self.merge * self.merge
 
 
 @register_connector("linear")
 class LinearConnector(Connector):
-    def __init__(self, vision_dim: int, llm_dim: int):
+    def __init__(self, vision_dim: int, llm_dim: int, pool: int = 1, merge: int = 1):
         super().__init__()
-        self.linear = nn.Linear(vision_dim, llm_dim)
+        self._set_reduction(pool, merge)
+        self.linear = nn.Linear(self.reduced_dim(vision_dim), llm_dim)
 
     def forward(self, vision_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        return self.linear(vision_tokens)
+        return self.linear(self.reduced(vision_tokens, grid))
 
 
 @register_connector("mlp2x_gelu")
 class MLPConnector(Connector):
     """LLaVA-1.5's projector; parameter names match transformers' LlavaMultiModalProjector."""
 
-    def __init__(self, vision_dim: int, llm_dim: int):
+    def __init__(self, vision_dim: int, llm_dim: int, pool: int = 1, merge: int = 1):
         super().__init__()
-        self.linear_1 = nn.Linear(vision_dim, llm_dim)
+        self._set_reduction(pool, merge)  # fewer tokens from a finer feature map
+        self.linear_1 = nn.Linear(self.reduced_dim(vision_dim), llm_dim)
         self.act = nn.GELU()
         self.linear_2 = nn.Linear(llm_dim, llm_dim)
 
     def forward(self, vision_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        return self.linear_2(self.act(self.linear_1(vision_tokens)))
+        return self.linear_2(self.act(self.linear_1(self.reduced(vision_tokens, grid))))
 
 
 @register_connector("avgpool")
 class AvgPoolConnector(Connector):
-    """k x k average pooling of the patch grid, then a linear map (seed 000, sec. 4.4: 8x8 on CLIP's 24x24).
-
-    Edge windows of a grid that k does not divide are averaged over the cells they cover (ceil mode),
-    so no patch is dropped. Prefix (CLS) tokens, when kept, pass through the linear map unpooled.
-    """
+    """k x k average pooling of the patch grid, then a linear map (seed 000, sec. 4.4: 8x8 on CLIP's 24x24)."""
 
     def __init__(self, vision_dim: int, llm_dim: int, pool: int = 2):
         super().__init__()
-        if pool < 1:
-            raise ConfigError(f"model.connector_options.pool must be >= 1, got {pool}")
-        self.pool = pool
+        self._set_reduction(pool, 1)
         self.linear = nn.Linear(vision_dim, llm_dim)
 
-    def output_tokens(self, num_prefix: int, grid: tuple[int, int]) -> int:
-        return num_prefix + math.ceil(grid[0] / self.pool) * math.ceil(grid[1] / self.pool)
-
     def forward(self, vision_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        rows, cols = grid
-        num_prefix = vision_tokens.shape[1] - rows * cols
-        prefix, patches = vision_tokens[:, :num_prefix], vision_tokens[:, num_prefix:]
-        maps = patches.transpose(1, 2).reshape(patches.shape[0], -1, rows, cols)
-        pooled = nn.functional.avg_pool2d(maps, self.pool, self.pool, ceil_mode=True, count_include_pad=False)
-        pooled = pooled.flatten(2).transpose(1, 2)
-        return self.linear(torch.cat([prefix, pooled], dim=1))
+        return self.linear(self.reduced(vision_tokens, grid))
 
 
 def build_connector(name: str, vision_dim: int, llm_dim: int, options: dict | None = None) -> Connector:

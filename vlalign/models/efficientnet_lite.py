@@ -136,6 +136,15 @@ class EfficientNetLite0(nn.Module):
         x = self.blocks(x)
         return F.relu6(self.bn2(self.conv_head(x)))
 
+    def forward_stage(self, pixel_values: torch.Tensor, stage: int) -> torch.Tensor:
+        """The feature map after stage `stage` of `blocks` (0-6; 3 and 4 have stride 16, 5 and 6 stride 32).
+
+        Earlier stages keep colour and local shape that the ImageNet head abstracts away."""
+        if not -len(self.blocks) <= stage < len(self.blocks):
+            raise ValueError(f"stage {stage} out of range for {len(self.blocks)} stages")
+        x = F.relu6(self.bn1(self.conv_stem(pixel_values)))
+        return self.blocks[: stage % len(self.blocks) + 1](x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # timm: global avg pool + flatten, dropout (identity in eval), linear.
         return self.classifier(self.forward_features(x).mean(dim=(2, 3)))

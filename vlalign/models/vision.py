@@ -62,17 +62,26 @@ class HFVisionTower(VisionTower):
 
 
 class FeatureMapTower(VisionTower):
-    """timm-style CNN/ViT: `forward_features` gives [B, C, H, W] (flattened to tokens) or [B, N, C]."""
+    """timm-style CNN/ViT: `forward_features` gives [B, C, H, W] (flattened to tokens) or [B, N, C].
 
-    def __init__(self, model: nn.Module, source: str, image_size: int, mean, std, select: str):
+    `stage` reads an intermediate stage instead of the final features (the CNN analogue of LLaVA's
+    `vision_feature_layer`): vlalign's EfficientNet-Lite0 via `forward_stage`, timm models via
+    `forward_intermediates`."""
+
+    def __init__(self, model: nn.Module, source: str, image_size: int, mean, std, select: str,
+                 stage: int | None = None):
         super().__init__()
         self.model = model
         self.source = source
         self.image_size = image_size
         self.image_mean, self.image_std = tuple(mean), tuple(std)
         self.select = select
+        self.stage = stage
+        if stage is not None and not hasattr(model, "forward_stage") and not hasattr(model, "forward_intermediates"):
+            raise ModelSourceError(f"vision tower {source!r} cannot return intermediate stages "
+                                   f"(model.vision_feature_stage={stage})")
         with torch.no_grad():
-            features = model.forward_features(torch.zeros(1, 3, image_size, image_size))
+            features = self._features(torch.zeros(1, 3, image_size, image_size))
         self.hidden_size = features.shape[1] if features.dim() == 4 else features.shape[-1]
         if features.dim() == 4:
             self.grid = (features.shape[2], features.shape[3])
@@ -83,9 +92,16 @@ class FeatureMapTower(VisionTower):
             self.grid = (side, side)
         self.num_prefix_tokens = self._prefix_in_model if select == "full" else 0
 
+    def _features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.stage is None:
+            return self.model.forward_features(pixel_values)
+        if hasattr(self.model, "forward_stage"):
+            return self.model.forward_stage(pixel_values, self.stage)
+        return self.model.forward_intermediates(pixel_values, indices=[self.stage], intermediates_only=True)[0]
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         dtype = next(self.model.parameters()).dtype
-        features = self.model.forward_features(pixel_values.to(dtype))
+        features = self._features(pixel_values.to(dtype))
         if features.dim() == 4:
             return features.flatten(2).transpose(1, 2)
         return features[:, self._prefix_in_model:] if self.select == "patch" else features
@@ -115,16 +131,19 @@ def _processor_stats(source_text: str, default_mean, default_std):
 
 
 def load_vision_tower(source_text: str, feature_layer: int = -2, select: str = "patch",
-                      image_size: int | None = None) -> VisionTower:
+                      image_size: int | None = None, feature_stage: int | None = None) -> VisionTower:
     source = parse_source(source_text)
     if source.kind == "packaged-vision":
         from vlalign.models.efficientnet_lite import (
             DEFAULT_IMAGE_SIZE, TFLITE_MEAN, TFLITE_STD, load_efficientnet_lite0)
 
         return FeatureMapTower(load_efficientnet_lite0(), source_text, image_size or DEFAULT_IMAGE_SIZE,
-                               TFLITE_MEAN, TFLITE_STD, select)
+                               TFLITE_MEAN, TFLITE_STD, select, feature_stage)
     if source.kind == "timm":
-        return _timm_tower(source, source_text, image_size, select)
+        return _timm_tower(source, source_text, image_size, select, feature_stage)
+    if feature_stage is not None:
+        raise ModelSourceError(f"model.vision_feature_stage is for CNN/timm towers; {source_text!r} is an HF "
+                               f"model: use model.vision_feature_layer")
     if source.kind != "hf":
         raise ModelSourceError(f"vision tower {source_text!r}: a {source.kind} source is not a vision model")
     model, vision_config = _hf_vision_model(source_text)
@@ -136,7 +155,8 @@ def load_vision_tower(source_text: str, feature_layer: int = -2, select: str = "
     return HFVisionTower(model, source_text, feature_layer, select, size, patch, mean, std)
 
 
-def _timm_tower(source: Source, source_text: str, image_size: int | None, select: str) -> VisionTower:
+def _timm_tower(source: Source, source_text: str, image_size: int | None, select: str,
+                feature_stage: int | None) -> VisionTower:
     import importlib.util
 
     if importlib.util.find_spec("timm") is None:
@@ -162,4 +182,5 @@ def _timm_tower(source: Source, source_text: str, image_size: int | None, select
                                    f"unexpected {unexpected[:5]}")
     data_config = timm.data.resolve_data_config({}, model=model)
     size = image_size or data_config["input_size"][-1]
-    return FeatureMapTower(model.eval(), source_text, size, data_config["mean"], data_config["std"], select)
+    return FeatureMapTower(model.eval(), source_text, size, data_config["mean"], data_config["std"], select,
+                           feature_stage)

@@ -52,7 +52,7 @@ class VisionLanguageModel(nn.Module):
     @classmethod
     def from_config(cls, config: ModelConfig) -> "VisionLanguageModel":
         tower = load_vision_tower(config.vision_tower, config.vision_feature_layer,
-                                  config.vision_feature_select, config.image_size)
+                                  config.vision_feature_select, config.image_size, config.vision_feature_stage)
         language_model, tokenizer, image_token_id = load_llm(config.llm, config.image_token,
                                                              config.attn_implementation)
         llm_dim = language_model.get_input_embeddings().weight.shape[1]

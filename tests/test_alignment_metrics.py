@@ -65,3 +65,42 @@ def test_errors_name_the_problem():
         modality_gap(torch.randn(3), torch.randn(3, 4))
     with pytest.raises(ValueError, match="empty"):
         modality_gap(torch.randn(0, 4), torch.randn(3, 4))
+
+
+# --- token level ------------------------------------------------------------------------------------------
+
+from vlalign.eval.alignment import gap_score, nearest_words, tacs  # noqa: E402
+
+
+def test_nearest_word_is_the_most_cosine_similar_regardless_of_norm():
+    words = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    visual = torch.tensor([[50.0, 1.0, 0.0],  # huge norm, direction of word 0
+                           [0.0, 0.2, 0.1],  # closest in angle to word 1
+                           [-1.0, 0.0, 0.0]])  # opposite word 0: best is a 0-cosine word (1 or 2)
+    index, best = nearest_words(visual, words)
+    assert index[:2].tolist() == [0, 1]
+    assert index[2].item() in (1, 2) and best[2].item() == pytest.approx(0.0, abs=1e-12)
+    assert best[0].item() == pytest.approx(50 / math.sqrt(2501), abs=1e-9)
+
+
+def test_gap_score_is_zero_on_word_directions_and_one_when_orthogonal():
+    words = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    assert gap_score(torch.tensor([[3.0, 0.0, 0.0, 0.0], [0.0, 0.1, 0.0, 0.0]]), words) == pytest.approx(0.0, abs=1e-12)
+    assert gap_score(torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 2.0]]), words) == pytest.approx(1.0, abs=1e-12)
+    # one on a word, one at 60 degrees from its nearest: D = (0 + 0.5) / 2
+    half = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.5, 0.0, math.sqrt(0.75), 0.0]])
+    assert gap_score(half, words) == pytest.approx(0.25, abs=1e-6)
+
+
+def test_tacs_averages_the_top_visual_tokens_best_caption_match():
+    caption = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    cos60 = [0.5, 0.0, math.sqrt(0.75)]
+    visual = torch.tensor([[2.0, 0.0, 0.0], cos60, [0.0, 0.0, 1.0], [0.0, 0.0, -1.0]])
+    # per visual token best cosine: 1, 0.5, 0, 0
+    assert tacs(visual, caption, top=1) == pytest.approx(1.0, abs=1e-9)
+    assert tacs(visual, caption, top=2) == pytest.approx(0.75, abs=1e-6)
+    assert tacs(visual, caption, top=10) == pytest.approx(0.375, abs=1e-6)  # fewer tokens than top: all
+    with pytest.raises(ValueError, match="top must be a positive integer"):
+        tacs(visual, caption, top=0)
+    with pytest.raises(ValueError, match="D=3 .* D=2 differ"):
+        tacs(visual, caption[:, :2])

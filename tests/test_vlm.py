@@ -76,7 +76,8 @@ def test_forward_output_carries_what_objectives_need(tiny_vlm):
     assert output.logits.shape == (1, n + 3, tiny_vlm.language_model.config.vocab_size)
     mask = torch.zeros(1, n + 3, dtype=torch.bool)
     mask[0, -2:] = True
-    assert torch.allclose(output.logits_at(mask), output.logits[0, -2:])
+    # same rows through a differently shaped matmul: equal up to float32 summation order
+    assert torch.allclose(output.logits_at(mask), output.logits[0, -2:], atol=1e-5)
 
 
 def test_avgpool_averages_windows_and_keeps_partial_edges():

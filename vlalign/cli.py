@@ -1,4 +1,4 @@
-"""`vlalign` command line: train | generate | info | data | demo."""
+"""`vlalign` command line: train | generate | info | data | train-dual-encoder | eval | demo."""
 
 from __future__ import annotations
 
@@ -59,6 +59,20 @@ def cmd_data_toy(args) -> None:
     print(f"wrote {paths['stage1']} and {paths['stage2']} (images under {paths['image_root']})")
 
 
+def cmd_eval_alignment(args) -> None:
+    from vlalign.eval.alignment_command import run_alignment
+
+    result = run_alignment(args.checkpoint, args.data, args.out, image_root=args.image_root, limit=args.limit,
+                           batch_size=args.batch_size, words_file=args.words, prompt=not args.no_prompt,
+                           examples=args.examples)
+    eos, token = result["eos"], result["token"]
+    print(f"modality gap {eos['modality_gap']:.3f}; " + ", ".join(f"{k} {v:.3f}" for k, v in eos.items() if "@" in k))
+    print(f"gap score D {token['gap_score_D']:.3f}; TACS {token['tacs']:.3f}"
+          + (f"; probe accuracy {token['probe']['accuracy']:.3f}" if "probe" in token else ""))
+    print(f"wrote {Path(args.out) / 'alignment.json'}, {Path(args.out) / 'alignment.md'} and "
+          f"{len(result['pictures'])} PNGs in {result['seconds']:.0f} s")
+
+
 def cmd_demo(args) -> None:
     from vlalign.demo import run_demo
 
@@ -109,6 +123,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dual_arguments(dual)
     dual.set_defaults(func=main_train_dual_encoder)
+
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint")
+    eval_commands = evaluate.add_subparsers(dest="eval_command", required=True)
+    alignment = eval_commands.add_parser(
+        "alignment", help="modality gap, EOS retrieval, nearest-word probe, TACS and the papers' pictures")
+    alignment.add_argument("--checkpoint", required=True, help="stage-1 or stage-2 checkpoint (or its stage folder)")
+    alignment.add_argument("--data", required=True, help="held-out image-caption pairs, LLaVA JSON")
+    alignment.add_argument("--out", required=True, help="folder for alignment.json, alignment.md and the PNGs")
+    alignment.add_argument("--image-root", default=None,
+                           help="folder the records' image paths are relative to (default: the data file's "
+                                "folder or its parent, whichever holds the first image)")
+    alignment.add_argument("--limit", type=int, default=1000, help="at most this many pairs")
+    alignment.add_argument("--batch-size", type=int, default=16)
+    alignment.add_argument("--words", default=None,
+                           help="candidate words for the probe, one per line (default: the shapes world's "
+                                "vocabulary when present, else the captions' words)")
+    alignment.add_argument("--no-prompt", action="store_true",
+                           help="EOS embeddings without seed 000's 'This sentence: ... means:' prompts")
+    alignment.add_argument("--examples", type=int, default=2, help="images drawn with recalled words / heatmaps")
+    alignment.set_defaults(func=cmd_eval_alignment)
 
     demo = commands.add_parser("demo", help="the offline end-to-end run with a report (README's main job)")
     demo.add_argument("--out", default="runs/demo")

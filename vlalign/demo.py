@@ -33,21 +33,23 @@ class Preset:
     stage1_records: int
     stage2_records: int
     eval_per_set: int  # questions per test set (a deterministic sample)
+    alignment_pairs: int  # held-out image-caption pairs for `eval alignment` after each stage
     dual_encoder_epochs: int
 
 
 PRESETS = {
     "full": Preset(n_train=1500, n_test=200, stage1_records=1500, stage2_records=520, eval_per_set=100,
-                   dual_encoder_epochs=15),
+                   alignment_pairs=200, dual_encoder_epochs=15),
     "quick": Preset(n_train=48, n_test=16, stage1_records=48, stage2_records=32, eval_per_set=12,
-                    dual_encoder_epochs=2),
+                    alignment_pairs=16, dual_encoder_epochs=2),
 }
-COST_PER_SAMPLE = {"stage1": 0.27, "stage2": 0.9, "eval": 0.18, "image": 0.03}  # seconds, measured here
+COST_PER_SAMPLE = {"stage1": 0.27, "stage2": 0.9, "eval": 0.18, "image": 0.03, "alignment": 0.1}  # seconds, measured here
 
 
 def estimate_seconds(preset: Preset, n_objectives: int) -> float:
     per_run = (preset.stage1_records * COST_PER_SAMPLE["stage1"] + preset.stage2_records * COST_PER_SAMPLE["stage2"]
-               + 2 * len(TEST_SETS) * preset.eval_per_set * COST_PER_SAMPLE["eval"] + 40)
+               + 2 * len(TEST_SETS) * preset.eval_per_set * COST_PER_SAMPLE["eval"]
+               + 2 * preset.alignment_pairs * COST_PER_SAMPLE["alignment"] + 60)
     world_and_encoder = (preset.n_train + preset.n_test) * COST_PER_SAMPLE["image"] * 2 + 20
     return world_and_encoder + n_objectives * per_run
 
@@ -88,6 +90,14 @@ def _evaluate(model, config, world: Path, test_sets: dict[str, list], blank: boo
     return evaluation, predictions
 
 
+def _alignment(checkpoint: Path, world: Path, out: Path, preset: Preset, model=None, config=None) -> dict:
+    """`vlalign eval alignment` on the held-out captions; one example picture set keeps the report short."""
+    from vlalign.eval.alignment_command import run_alignment
+
+    return run_alignment(checkpoint, world / "test" / "captions.json", out, image_root=world,
+                         limit=preset.alignment_pairs, examples=1, model=model, config=config)
+
+
 def run_objective(name: str, objectives: dict, world: Path, run_dir: Path, preset: Preset,
                   test_sets: dict[str, list]) -> dict:
     from vlalign.generate import load_checkpoint_model
@@ -100,7 +110,9 @@ def run_objective(name: str, objectives: dict, world: Path, run_dir: Path, prese
     stage2, stage2_s = _train_stage("quickstart-stage2.yaml", [
         *data, f"data.train_file={run_dir / 'stage2_train.json'}", f"train.output_dir={run_dir / 'stage2'}",
         f"train.init_from={stage1}"])
+    alignment = {"stage1": _alignment(stage1, world, run_dir / "alignment_stage1", preset)}
     model, config = load_checkpoint_model(stage2)
+    alignment["stage2"] = _alignment(stage2, world, run_dir / "alignment_stage2", preset, model, config)
     evaluation, predictions = _evaluate(model, config, world, test_sets, blank=False)
     baseline, blank_predictions = _evaluate(model, config, world, test_sets, blank=True)
     samples = [{"image": r["image"], "question": r["question"], "gold": r["answer"],
@@ -108,7 +120,7 @@ def run_objective(name: str, objectives: dict, world: Path, run_dir: Path, prese
                for i, r in enumerate(test_sets["gqa"][:8])]
     return {"objectives": objectives, "visual_tokens": model.num_visual_tokens, "stage1": _stage_summary(run_dir / "stage1", stage1_s),
             "stage2": _stage_summary(run_dir / "stage2", stage2_s), "eval": evaluation,
-            "text_only_baseline": baseline, "samples": samples}
+            "text_only_baseline": baseline, "samples": samples, "alignment": alignment}
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0, objectives: list[str] | None = None) -> dict:

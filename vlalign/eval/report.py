@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from vlalign.eval.alignment_command import alignment_markdown
+
 
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}"
@@ -35,6 +37,28 @@ def comparison_table(runs: dict[str, dict]) -> list[str]:
     for metric in heads[names[0]][0]:
         cells = [f"{_pct(heads[n][0][metric])} | {_pct(heads[n][1][metric])}" for n in names]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def alignment_rows(runs: dict[str, dict]) -> list[str]:
+    """Stage-1 / stage-2 alignment diagnostics side by side, one column per objective."""
+    names = [n for n in runs if runs[n].get("alignment")]
+    if not names:
+        return []
+    lines = ["| diagnostic | " + " | ".join(f"{n} stage 1 | {n} stage 2" for n in names) + " |",
+             "|---|" + "---:|---:|" * len(names)]
+    measures = [("EOS modality gap", lambda r: f"{r['eos']['modality_gap']:.3f}"),
+                ("EOS retrieval i2t@1 (%)", lambda r: _pct(r["eos"]["i2t@1"])),
+                ("EOS retrieval t2i@1 (%)", lambda r: _pct(r["eos"]["t2i@1"])),
+                ("gap score D", lambda r: f"{r['token']['gap_score_D']:.3f}"),
+                ("TACS", lambda r: f"{r['token']['tacs']:.3f}"),
+                ("probe: colour word of the object (%)",
+                 lambda r: _pct(r["token"]["probe"]["color_accuracy"]) if "probe" in r["token"] else "-"),
+                ("probe: shape word of the object (%)",
+                 lambda r: _pct(r["token"]["probe"]["shape_accuracy"]) if "probe" in r["token"] else "-")]
+    for label, cell in measures:
+        lines.append(f"| {label} | " + " | ".join(f"{cell(runs[n]['alignment']['stage1'])} | "
+                                                  f"{cell(runs[n]['alignment']['stage2'])}" for n in names) + " |")
     return lines
 
 
@@ -81,6 +105,14 @@ def render_report(runs: dict[str, dict], info: dict) -> str:
                   "Zero-shot retrieval on the held-out captions: " +
                   ", ".join(f"{k} {_pct(v)}%" for k, v in de["retrieval"].items()) +
                   f"; modality gap {de['modality_gap']:.3f}; {de['seconds']:.0f} s.", ""]
+    if alignment_rows(runs):
+        lines += ["## Alignment diagnostics (`vlalign eval alignment`, held-out captions)", "",
+                  "EOS embeddings use seed 000's prompts; the probe asks which shapes-world word each visual "
+                  "token is nearest to in the LLM's input-embedding space; chance levels are in each objective's section.", "",
+                  *alignment_rows(runs), ""]
     for name, run in runs.items():
         lines += [f"## Objective `{name}`", "", *detail_tables(name, run), ""]
+        for stage, result in (run.get("alignment") or {}).items():
+            lines += [alignment_markdown(result, f"{name}/alignment_{stage}/",
+                                         f"`{name}`: alignment after {stage.replace('stage', 'stage ')}"), ""]
     return "\n".join(lines)

@@ -35,6 +35,9 @@ class Connector(nn.Module):
       features (the patch merger of Qwen2-VL / InternVL's pixel shuffle): fewer tokens, nothing averaged
       away. Edge windows are zero-padded.
     Prefix (CLS) tokens, when kept, pass through unreduced (zero-padded to the merged width).
+    - `norm`: LayerNorm on the (reduced) vision features before the map, as InternVL's and Idefics'
+      projectors do. CNN stage features are un-normalised (BatchNorm scale, values in the tens): without
+      it the projected tokens start and stay tens of times larger than the LLM's word embeddings.
     """
 
     pool: int = 1
@@ -55,6 +58,19 @@ class Connector(nn.Module):
     def output_tokens(self, num_prefix: int, grid: tuple[int, int]) -> int:
         """Visual tokens this connector emits for `num_prefix` extra tokens followed by a `grid` of patches."""
         return num_prefix + math.ceil(grid[0] / self.window) * math.ceil(grid[1] / self.window)
+
+    def _set_input_norm(self, enabled: bool, dim: int) -> None:
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"model.connector_options.norm must be true or false, got {enabled!r}")
+        # No module when off, so state-dict names stay those of transformers' LlavaMultiModalProjector.
+        if enabled:
+            self.input_norm = nn.LayerNorm(dim)
+
+    def prepared(self, vision_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Reduction, then the optional input LayerNorm: what each connector's own map consumes."""
+        tokens = self.reduced(vision_tokens, grid)
+        norm = getattr(self, "input_norm", None)
+        return norm(tokens) if norm is not None else tokens
 
     def reduced(self, vision_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """[B, N, Dv] -> [B, M, Dv] (pool) or [B, M, merge*merge*Dv] (merge)."""
@@ -80,41 +96,44 @@ class Connector(nn.Module):
 
 @register_connector("linear")
 class LinearConnector(Connector):
-    def __init__(self, vision_dim: int, llm_dim: int, pool: int = 1, merge: int = 1):
+    def __init__(self, vision_dim: int, llm_dim: int, pool: int = 1, merge: int = 1, norm: bool = False):
         super().__init__()
         self._set_reduction(pool, merge)
+        self._set_input_norm(norm, self.reduced_dim(vision_dim))
         self.linear = nn.Linear(self.reduced_dim(vision_dim), llm_dim)
 
     def forward(self, vision_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        return self.linear(self.reduced(vision_tokens, grid))
+        return self.linear(self.prepared(vision_tokens, grid))
 
 
 @register_connector("mlp2x_gelu")
 class MLPConnector(Connector):
     """LLaVA-1.5's projector; parameter names match transformers' LlavaMultiModalProjector."""
 
-    def __init__(self, vision_dim: int, llm_dim: int, pool: int = 1, merge: int = 1):
+    def __init__(self, vision_dim: int, llm_dim: int, pool: int = 1, merge: int = 1, norm: bool = False):
         super().__init__()
         self._set_reduction(pool, merge)  # fewer tokens from a finer feature map
+        self._set_input_norm(norm, self.reduced_dim(vision_dim))
         self.linear_1 = nn.Linear(self.reduced_dim(vision_dim), llm_dim)
         self.act = nn.GELU()
         self.linear_2 = nn.Linear(llm_dim, llm_dim)
 
     def forward(self, vision_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        return self.linear_2(self.act(self.linear_1(self.reduced(vision_tokens, grid))))
+        return self.linear_2(self.act(self.linear_1(self.prepared(vision_tokens, grid))))
 
 
 @register_connector("avgpool")
 class AvgPoolConnector(Connector):
     """k x k average pooling of the patch grid, then a linear map (seed 000, sec. 4.4: 8x8 on CLIP's 24x24)."""
 
-    def __init__(self, vision_dim: int, llm_dim: int, pool: int = 2):
+    def __init__(self, vision_dim: int, llm_dim: int, pool: int = 2, norm: bool = False):
         super().__init__()
         self._set_reduction(pool, 1)
+        self._set_input_norm(norm, vision_dim)
         self.linear = nn.Linear(vision_dim, llm_dim)
 
     def forward(self, vision_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        return self.linear(self.reduced(vision_tokens, grid))
+        return self.linear(self.prepared(vision_tokens, grid))
 
 
 def build_connector(name: str, vision_dim: int, llm_dim: int, options: dict | None = None) -> Connector:

@@ -27,6 +27,8 @@ class Sample:
     labels: list[int]
     pixel_values: torch.Tensor | None
     truncated: bool
+    image_key: str | None = None  # the record's `image` string
+    index: int = -1  # position of the record in the dataset (keys per-record caches)
 
 
 @dataclass
@@ -44,6 +46,8 @@ class Batch:
     record_ids: list[str]
     skips: SkipReport = field(default_factory=SkipReport)
     truncated: int = 0
+    image_keys: list[str] = field(default_factory=list)  # one per image, in pixel_values order
+    indices: list[int] = field(default_factory=list)  # dataset position of each sample
 
     def __len__(self) -> int:
         return len(self.record_ids)
@@ -51,7 +55,8 @@ class Batch:
     def to(self, device) -> "Batch":
         move = lambda t: t.to(device) if t is not None else None  # noqa: E731
         return Batch(move(self.input_ids), move(self.attention_mask), move(self.labels), move(self.pixel_values),
-                     move(self.has_image), self.record_ids, self.skips, self.truncated)
+                     move(self.has_image), self.record_ids, self.skips, self.truncated, self.image_keys,
+                     self.indices)
 
 
 class LlavaDataset(Dataset):
@@ -80,7 +85,9 @@ class LlavaDataset(Dataset):
     def __getitem__(self, index: int) -> Sample | Skipped:
         record = self.records[index]
         try:
-            return self._build(record)
+            sample = self._build(record)
+            sample.index = index
+            return sample
         except DataError as error:
             if self.on_error == "skip":
                 return Skipped(error)
@@ -96,7 +103,7 @@ class LlavaDataset(Dataset):
             except OSError as exc:
                 raise DataError(str(exc), reason="unreadable_image", record_id=record.id,
                                 file=record.source_file, field="image") from exc
-        return Sample(record.id, tokens.input_ids, tokens.labels, pixel_values, tokens.truncated)
+        return Sample(record.id, tokens.input_ids, tokens.labels, pixel_values, tokens.truncated, record.image_key)
 
 
 class Collator:
@@ -128,7 +135,9 @@ class Collator:
                      pixel_values=torch.stack(images) if images else None,
                      has_image=torch.tensor([s.pixel_values is not None for s in samples], dtype=torch.bool),
                      record_ids=[s.record_id for s in samples], skips=skips,
-                     truncated=sum(s.truncated for s in samples))
+                     truncated=sum(s.truncated for s in samples),
+                     image_keys=[s.image_key for s in samples if s.pixel_values is not None],
+                     indices=[s.index for s in samples])
 
 
 class LengthGroupedBatchSampler:

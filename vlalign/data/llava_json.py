@@ -28,6 +28,9 @@ class Record:
     image: Path | None
     turns: tuple[Turn, ...]
     source_file: str
+    # The record's `image` string as written in the JSON (relative to the image root): the key under which
+    # per-image caches (SEA patch labels, ground truth) are stored.
+    image_key: str | None = None
 
     @property
     def text_length(self) -> int:
@@ -142,7 +145,7 @@ def parse_record(raw: object, position: int, file: str, image_root: Path | None,
         image_path = (image_root / image) if image_root is not None else Path(image)
         if not image_path.is_file():
             fail(f"image file {image_path} does not exist", "missing_image", "image")
-    return Record(record_id, image_path, tuple(turns), file)
+    return Record(record_id, image_path, tuple(turns), file, image if image_path is not None else None)
 
 
 def load_records(path: str | Path, image_root: str | Path | None, on_error: str = "raise",

@@ -26,7 +26,9 @@ def read_chat_template(value: str | None) -> str | None:
     return value
 
 
-def build_dataset(config: RunConfig, model, skips: SkipReport) -> LlavaDataset:
+def build_dataset(config: RunConfig, model, skips: SkipReport, requirements: dict | None = None) -> LlavaDataset:
+    """`requirements`: what the configured objectives need from the samples (see Objective.data_requirements)."""
+    requirements = requirements or {}
     if not config.data.train_file:
         raise ConfigError("data.train_file is not set (a LLaVA JSON/JSONL file)")
     records = load_records(config.data.train_file, config.data.image_root, config.data.on_error, skips,
@@ -35,4 +37,5 @@ def build_dataset(config: RunConfig, model, skips: SkipReport) -> LlavaDataset:
                         image_token_id=model.image_token_id, num_visual_tokens=model.num_visual_tokens,
                         max_length=config.model.max_length, on_error=config.data.on_error,
                         system_prompt=config.data.system_prompt,
-                        chat_template=read_chat_template(config.data.chat_template))
+                        chat_template=read_chat_template(config.data.chat_template),
+                        image_eos=requirements.get("image_eos"))

@@ -16,8 +16,8 @@ from torch.utils.data import Dataset
 
 from vlalign.data.images import ImageTransform, load_image
 from vlalign.data.llava_json import Record, SkipReport
-from vlalign.data.templates import IGNORE_INDEX, tokenize_record
-from vlalign.errors import DataError
+from vlalign.data.templates import IGNORE_INDEX, tokenize_plain_with_image_eos, tokenize_record
+from vlalign.errors import ConfigError, DataError
 
 
 @dataclass
@@ -29,6 +29,7 @@ class Sample:
     truncated: bool
     image_key: str | None = None  # the record's `image` string
     index: int = -1  # position of the record in the dataset (keys per-record caches)
+    image_eos_position: int = -1  # the image-side [EOS] (eos_contrastive's layout), -1 when absent
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Batch:
     truncated: int = 0
     image_keys: list[str] = field(default_factory=list)  # one per image, in pixel_values order
     indices: list[int] = field(default_factory=list)  # dataset position of each sample
+    image_eos_positions: torch.Tensor | None = None  # [B] image-side [EOS] index, -1 where absent
 
     def __len__(self) -> int:
         return len(self.record_ids)
@@ -56,13 +58,14 @@ class Batch:
         move = lambda t: t.to(device) if t is not None else None  # noqa: E731
         return Batch(move(self.input_ids), move(self.attention_mask), move(self.labels), move(self.pixel_values),
                      move(self.has_image), self.record_ids, self.skips, self.truncated, self.image_keys,
-                     self.indices)
+                     self.indices, move(self.image_eos_positions))
 
 
 class LlavaDataset(Dataset):
     def __init__(self, records: list[Record], tokenizer, transform: ImageTransform, *, fmt: str,
                  image_token_id: int, num_visual_tokens: int, max_length: int, on_error: str = "raise",
-                 system_prompt: str | None = None, chat_template: str | None = None):
+                 system_prompt: str | None = None, chat_template: str | None = None,
+                 image_eos: dict | None = None):
         self.records = records
         self.tokenizer = tokenizer
         self.transform = transform
@@ -73,6 +76,11 @@ class LlavaDataset(Dataset):
         self.on_error = on_error
         self.system_prompt = system_prompt
         self.chat_template = chat_template
+        # {"prompt": bool}: lay stage-1 samples out with the image's own EOS input first (eos_contrastive)
+        self.image_eos = image_eos
+        if image_eos is not None and fmt != "plain":
+            raise ConfigError("eos_contrastive reads the image embedding inside the stage-1 caption sequence; "
+                              f"it needs data.format: plain, not {fmt!r}")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -93,9 +101,20 @@ class LlavaDataset(Dataset):
                 return Skipped(error)
             raise
 
+    def _tokenize(self, record: Record):
+        if self.image_eos is None:
+            return tokenize_record(record, self.tokenizer, self.fmt, self.image_token_id, self.num_visual_tokens,
+                                   self.max_length, self.system_prompt, self.chat_template)
+        from vlalign.models.eos_embedding import IMAGE_NOUNS
+
+        # Seed 000 draws photo|image|picture per sample; drawn from the record id, so a resumed run and
+        # every rank see the same prompt for the same record.
+        noun = random.Random(record.id).choice(IMAGE_NOUNS)
+        return tokenize_plain_with_image_eos(record, self.tokenizer, self.image_token_id, self.num_visual_tokens,
+                                             self.max_length, self.image_eos["prompt"], noun)
+
     def _build(self, record: Record) -> Sample:
-        tokens = tokenize_record(record, self.tokenizer, self.fmt, self.image_token_id, self.num_visual_tokens,
-                                 self.max_length, self.system_prompt, self.chat_template)
+        tokens = self._tokenize(record)
         pixel_values = None
         if record.image is not None:
             try:
@@ -103,7 +122,9 @@ class LlavaDataset(Dataset):
             except OSError as exc:
                 raise DataError(str(exc), reason="unreadable_image", record_id=record.id,
                                 file=record.source_file, field="image") from exc
-        return Sample(record.id, tokens.input_ids, tokens.labels, pixel_values, tokens.truncated, record.image_key)
+        eos = tokens.image_eos_position if tokens.image_eos_position is not None else -1
+        return Sample(record.id, tokens.input_ids, tokens.labels, pixel_values, tokens.truncated, record.image_key,
+                      image_eos_position=eos)
 
 
 class Collator:
@@ -137,7 +158,8 @@ class Collator:
                      record_ids=[s.record_id for s in samples], skips=skips,
                      truncated=sum(s.truncated for s in samples),
                      image_keys=[s.image_key for s in samples if s.pixel_values is not None],
-                     indices=[s.index for s in samples])
+                     indices=[s.index for s in samples],
+                     image_eos_positions=torch.tensor([s.image_eos_position for s in samples], dtype=torch.long))
 
 
 class LengthGroupedBatchSampler:

@@ -23,6 +23,7 @@ class Tokenized:
     input_ids: list[int]
     labels: list[int]
     truncated: bool
+    image_eos_position: int | None = None  # where the image-side [EOS] sits (plain format with image_eos)
 
 
 def _fail(record: Record, message: str, reason: str) -> DataError:
@@ -78,6 +79,32 @@ def _supervised_mask(offsets, spans) -> list[bool]:
     for start, end in offsets:
         mask.append(end > start and any(s <= start and end <= e for s, e in spans))
     return mask
+
+
+def tokenize_plain_with_image_eos(record: Record, tokenizer, image_token_id: int, num_visual_tokens: int,
+                                  max_length: int, prompt: bool, noun: str) -> Tokenized:
+    """Stage-1 layout for `eos_contrastive`: the image's own EOS input, then the caption.
+
+        [This {noun}:] <image> [ means:] [EOS] caption [EOS]
+
+    The first part is token for token what `eos_embedding.image_prompt_ids` builds, so under causal
+    attention the final hidden state at that first [EOS] is exactly the image embedding f(g(x)) of
+    seed 000 (it cannot see the caption after it), read from the same forward pass that computes the
+    caption loss. Only the caption and its closing EOS are supervised.
+    """
+    from vlalign.models.eos_embedding import image_prompt_ids
+
+    image_token = tokenizer.convert_ids_to_tokens(image_token_id)
+    plain_text_and_spans(record, image_token)  # the same record checks as the plain format
+    head = image_prompt_ids(tokenizer, image_token_id, 1, prompt, noun)
+    caption = record.turns[1].text.strip()
+    caption_ids = tokenizer(caption, add_special_tokens=False)["input_ids"]
+    ids = head + caption_ids + [tokenizer.eos_token_id]
+    supervised = [False] * len(head) + [True] * (len(caption_ids) + 1)
+    _self_check(record, tokenizer, caption, ids, supervised, [(0, len(caption))], "plain")
+    tokens = _expand_and_truncate(record, ids, supervised, image_token_id, num_visual_tokens, max_length)
+    tokens.image_eos_position = len(head) - 1 + num_visual_tokens - 1
+    return tokens
 
 
 def tokenize_record(record: Record, tokenizer, fmt: str, image_token_id: int, num_visual_tokens: int,

@@ -100,6 +100,17 @@ def image_inputs(tokenizer, image_token_id: int, num_visual_tokens: int, n_image
     return right_pad(rows, tokenizer.pad_token_id)
 
 
+READ_POSITIONS = ("eos", "before_eos")
+
+
+def read_positions(eos_positions: torch.Tensor, read: str = "eos") -> torch.Tensor:
+    """Which state is the embedding: the appended [EOS] itself (seed 000) or the token just before it
+    (the prompt's last token, "means:", PromptBERT's [MASK]-like slot; or the text's last token)."""
+    if read not in READ_POSITIONS:
+        raise ValueError(f"read must be one of {READ_POSITIONS}, got {read!r}")
+    return eos_positions - 1 if read == "before_eos" else eos_positions
+
+
 def eos_states(hidden_states: torch.Tensor, eos_positions: torch.Tensor) -> torch.Tensor:
     """[B, T, D] final hidden states -> [B, D] at each row's EOS position."""
     rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)

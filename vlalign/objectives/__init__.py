@@ -1,5 +1,6 @@
 """Objective registry. Importing this package registers every built-in objective."""
 
+from vlalign.objectives import contrastive  # noqa: F401  (registers "eos_contrastive", "cg_contrastive")
 from vlalign.objectives import generative  # noqa: F401  (registers "generative")
 from vlalign.objectives.base import OBJECTIVES, Objective, ObjectiveOptions, Terms, build_objectives, register_objective
 

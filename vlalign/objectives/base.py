@@ -42,6 +42,13 @@ class Objective(nn.Module):
         """Weight of each term this objective returns; one term named like the objective by default."""
         return {self.name: self.options.weight}
 
+    def data_requirements(self) -> dict:
+        """What this objective needs the samples to carry, e.g. {"image_eos": {"prompt": True}}."""
+        return {}
+
+    def prepare(self, model, dataset, accelerator) -> None:
+        """Called once before training with the built dataset (pre-extract caches, validate the setup)."""
+
     def forward(self, output, batch) -> Terms:
         raise NotImplementedError
 
@@ -54,6 +61,17 @@ def register_objective(name: str):
         OBJECTIVES[name] = cls
         return cls
     return wrap
+
+
+def data_requirements(objectives: nn.ModuleDict) -> dict:
+    merged: dict = {}
+    for name, objective in objectives.items():
+        for key, value in objective.data_requirements().items():
+            if key in merged and merged[key] != value:
+                raise ConfigError(f"objectives disagree on the sample layout {key!r}: {merged[key]} vs "
+                                  f"{value} ({name})")
+            merged[key] = value
+    return merged
 
 
 def build_objectives(specs: dict[str, dict], model) -> nn.ModuleDict:

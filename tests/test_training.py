@@ -147,3 +147,12 @@ def test_full_stage2_with_gradient_checkpointing_matches_plain_backward(tiny_con
     assert any(n.startswith("language_model.model.layers.") for n in grads[0])  # the full LLM trains
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)
+
+
+def test_consecutive_runs_in_one_process_may_change_precision(tiny_config):
+    """accelerate's process-wide state would refuse the second run's bf16 (the demo trains two stages,
+    and several objectives, in one process)."""
+    plain = train(tiny_config(1, "train.max_steps=1", "train.mixed_precision='no'"))
+    bf16 = train(tiny_config(2, "train.max_steps=1", f"train.init_from={plain}", "train.mixed_precision=bf16"))
+    assert (bf16 / ckpt.WEIGHTS_FILE).is_file()
+    assert "mixed_precision: bf16" in (bf16 / "config.yaml").read_text()

@@ -76,7 +76,8 @@ def cmd_eval_alignment(args) -> None:
 def cmd_demo(args) -> None:
     from vlalign.demo import run_demo
 
-    run_demo(Path(args.out), quick=args.quick, seed=args.seed)
+    names = [name.strip() for name in args.objectives.split(",") if name.strip()] if args.objectives else None
+    run_demo(Path(args.out), quick=args.quick, seed=args.seed, objectives=names)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dual_arguments(dual)
     dual.set_defaults(func=main_train_dual_encoder)
+    from vlalign.labels.cli import add_parser as add_label_patches_parser
+
+    add_label_patches_parser(commands)
 
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint")
     eval_commands = evaluate.add_subparsers(dest="eval_command", required=True)
@@ -147,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the offline end-to-end run with a report (README's main job)")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--quick", action="store_true", help="CI-sized run (a few minutes)")
+    from vlalign.demo import DEMO_OBJECTIVES
+
+    demo.add_argument("--objectives", default=None,
+                      help="comma-separated objective runs to train and compare, or 'all' (default: generative); "
+                           "runs of earlier calls into the same --out are kept in the report. Choices: "
+                           + ", ".join(DEMO_OBJECTIVES))
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
     return parser

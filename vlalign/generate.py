@@ -26,14 +26,16 @@ def resolve_checkpoint(folder: str | Path) -> Path:
                       f"{ckpt.STATE_FILE}, or a final/ folder with them)")
 
 
-def load_checkpoint_model(folder: str | Path):
-    """(model in eval mode, its run config) from a checkpoint folder."""
+def load_checkpoint_model(folder: str | Path, device: str | torch.device | None = None):
+    """(model in eval mode, its run config) from a checkpoint folder; on `device`, by default the GPU
+    when there is one."""
     folder = resolve_checkpoint(folder)
     config = load_config(folder / "config.yaml")
     model = VisionLanguageModel.from_config(config.model)
     apply_tune(model, config.train.stage, config.train.tune)  # recreates LoRA layers so their weights fit
     ckpt.load_weights(folder, model)
-    return model.eval().requires_grad_(False), config
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval().requires_grad_(False), config
 
 
 @torch.no_grad()

@@ -151,8 +151,9 @@ def collect(model, config, pairs: list[Pair], image_root: Path, words: list[str]
             keep_examples: int = 4, progress=None) -> Collected:
     """One pass over the pairs in batches: EOS embeddings of both sides and the token-level statistics."""
     transform = image_transform_for(model)
-    word_table = word_embedding_table(model, words)
     embedding = model.language_model.get_input_embeddings().weight
+    device = embedding.device  # statistics on the CPU, model passes wherever the model is
+    word_table = word_embedding_table(model, words).float().cpu()
     grid = token_grid(model)
     prefix = grid[0] if grid else 0
     collected = Collected(group_choice={name: [] for name in groups})
@@ -162,12 +163,13 @@ def collect(model, config, pairs: list[Pair], image_root: Path, words: list[str]
         pixels = torch.stack([transform(load_image(image_root / pair.image)) for pair in chunk])
         inputs = eos_embedding.image_inputs(model.tokenizer, model.image_token_id, model.num_visual_tokens,
                                             len(chunk), prompt)
-        output = model(inputs.input_ids, inputs.attention_mask, pixels)
-        collected.image_eos.append(eos_embedding.eos_states(output.hidden_states, inputs.eos_positions).float())
+        output = model(inputs.input_ids.to(device), inputs.attention_mask.to(device), pixels.to(device))
+        collected.image_eos.append(
+            eos_embedding.eos_states(output.hidden_states, inputs.eos_positions.to(device)).float().cpu())
         texts, truncated = eos_embedding.embed_texts(model, [pair.caption for pair in chunk], prompt, max_length)
-        collected.text_eos.append(texts.float())
+        collected.text_eos.append(texts.float().cpu())
         collected.truncated += len(truncated)
-        visual = output.visual_tokens.float()[:, prefix:]
+        visual = output.visual_tokens.float().cpu()[:, prefix:]
         for offset, (pair, tokens) in enumerate(zip(chunk, visual)):
             index, _ = nearest_words(tokens, word_table)
             collected.recalled.append(index)
@@ -177,7 +179,7 @@ def collect(model, config, pairs: list[Pair], image_root: Path, words: list[str]
                     torch.nn.functional.normalize(word_table[members], dim=-1).T).max(dim=1)
                 collected.group_choice[name].append(choice)
             caption_ids = model.tokenizer(pair.caption, add_special_tokens=False)["input_ids"]
-            caption_tokens = embedding[caption_ids].float()
+            caption_tokens = embedding[caption_ids].float().cpu()
             collected.tacs.append(tacs(tokens, caption_tokens))
             collected.visual_norm.append(float(tokens.norm(dim=-1).mean()))
             if start + offset < keep_examples:

@@ -29,37 +29,52 @@ def headline(evaluation: dict) -> dict[str, float]:
 
 
 def comparison_table(runs: dict[str, dict]) -> list[str]:
-    """Rows: headline metrics; columns: each objective with its image and its blank-image baseline."""
+    """Rows: headline metrics; columns: objectives; each cell "with image (blank image)"."""
     names = list(runs)
-    header = "| metric | " + " | ".join(f"{n} (image) | {n} (blank image)" for n in names) + " |"
-    lines = [header, "|---|" + "---:|---:|" * len(names)]
+    lines = ["| metric | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---:|" * len(names)]
     heads = {n: (headline(runs[n]["eval"]), headline(runs[n]["text_only_baseline"])) for n in names}
     for metric in heads[names[0]][0]:
-        cells = [f"{_pct(heads[n][0][metric])} | {_pct(heads[n][1][metric])}" for n in names]
+        cells = [f"{_pct(heads[n][0][metric])} ({_pct(heads[n][1][metric])})" for n in names]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return lines
 
 
+ALIGNMENT_COLUMNS = (
+    ("EOS gap", lambda r: f"{r['eos']['modality_gap']:.3f}"),
+    *((f"EOS {key} %", lambda r, key=key: _pct(r["eos"][key]) if key in r["eos"] else "-")
+      for key in ("i2t@1", "t2i@1", "i2t@5", "t2i@5")),
+    ("D", lambda r: f"{r['token']['gap_score_D']:.3f}"),
+    ("TACS", lambda r: f"{r['token']['tacs']:.3f}"),
+    ("probe colour %", lambda r: _pct(r["token"]["probe"]["color_accuracy"]) if "probe" in r["token"] else "-"),
+    ("probe shape %", lambda r: _pct(r["token"]["probe"]["shape_accuracy"]) if "probe" in r["token"] else "-"),
+    ("token/word norm", lambda r: f"{r['token']['norm_ratio']:.2f}"),
+)
+
+
 def alignment_rows(runs: dict[str, dict]) -> list[str]:
-    """Stage-1 / stage-2 alignment diagnostics side by side, one column per objective."""
+    """One row per objective and stage, one column per diagnostic."""
     names = [n for n in runs if runs[n].get("alignment")]
     if not names:
         return []
-    lines = ["| diagnostic | " + " | ".join(f"{n} stage 1 | {n} stage 2" for n in names) + " |",
-             "|---|" + "---:|---:|" * len(names)]
-    measures = [("EOS modality gap", lambda r: f"{r['eos']['modality_gap']:.3f}"),
-                ("EOS retrieval i2t@1 (%)", lambda r: _pct(r["eos"]["i2t@1"])),
-                ("EOS retrieval t2i@1 (%)", lambda r: _pct(r["eos"]["t2i@1"])),
-                ("gap score D", lambda r: f"{r['token']['gap_score_D']:.3f}"),
-                ("TACS", lambda r: f"{r['token']['tacs']:.3f}"),
-                ("probe: colour word of the object (%)",
-                 lambda r: _pct(r["token"]["probe"]["color_accuracy"]) if "probe" in r["token"] else "-"),
-                ("probe: shape word of the object (%)",
-                 lambda r: _pct(r["token"]["probe"]["shape_accuracy"]) if "probe" in r["token"] else "-")]
-    for label, cell in measures:
-        lines.append(f"| {label} | " + " | ".join(f"{cell(runs[n]['alignment']['stage1'])} | "
-                                                  f"{cell(runs[n]['alignment']['stage2'])}" for n in names) + " |")
+    lines = ["| objective | after | " + " | ".join(label for label, _ in ALIGNMENT_COLUMNS) + " |",
+             "|---|---|" + "---:|" * len(ALIGNMENT_COLUMNS)]
+    for name in names:
+        for stage, result in runs[name]["alignment"].items():
+            cells = " | ".join(cell(result) for _, cell in ALIGNMENT_COLUMNS)
+            lines.append(f"| `{name}` | {stage.replace('stage', 'stage ')} | {cells} |")
     return lines
+
+
+def sea_label_lines(name: str, summary: dict) -> list[str]:
+    """The offline SEA labels the run trained with: seed 001 Sec. 5.1 / Fig. 6 statistics."""
+    use, scores = summary["utilisation"], summary["label_scores"]
+    common = ", ".join(f"{word} ({count})" for word, count in list(summary["most_common_top1"].items())[:10])
+    return [f"### `{name}`: SEA patch labels (`vlalign label-patches`)", "",
+            f"{summary['images']} images x {summary['grid'][0]}x{summary['grid'][1]} patches, top-{summary['top_n']} of "
+            f"{summary['words']:,} words: {100 * use['any_label']:.1f}% of the list used as any label, "
+            f"{100 * use['top1']:.1f}% as a top-1 label; mean label score {scores['mean']:.3f}; "
+            f"{100 * summary['negative_share']:.1f}% of top-n candidates below 0 and dropped; "
+            f"{summary['patches_without_label']} patches without a label. Most frequent top-1 labels: {common}."]
 
 
 def detail_tables(name: str, run: dict) -> list[str]:
@@ -76,6 +91,8 @@ def detail_tables(name: str, run: dict) -> list[str]:
         for split, m in run["eval"]["pope"]["pope"].items():
             lines.append(f"| {split} | {_pct(m['accuracy'])} | {_pct(m['precision'])} | {_pct(m['recall'])} | "
                          f"{_pct(m['f1'])} | {_pct(m['yes_ratio'])} | {m['n']} |")
+    if run.get("sea_labels"):
+        lines += ["", *sea_label_lines(name, run["sea_labels"])]
     lines += ["", f"### `{name}`: training", ""]
     for stage in ("stage1", "stage2"):
         info = run[stage]
@@ -96,8 +113,10 @@ def render_report(runs: dict[str, dict], info: dict) -> str:
              f"peak memory (RSS) {info['peak_rss_mb']:.0f} MB.", "",
              f"Models: vision `{info['vision_tower']}` ({info['visual_tokens']} visual tokens), LLM `{info['llm']}`. "
              f"World: {info['world_counts']}.", "",
-             "The blank-image columns evaluate the same trained model with every image replaced by a blank "
-             "(mean-colour) image: what the LLM gets right from the question alone. The gap is what vision adds.",
+             "Each cell: the score with the real images, and in parentheses the same trained model with every "
+             "image replaced by a blank (mean-colour) image, i.e. what the LLM gets right from the question "
+             "alone. The difference is what vision adds. Objectives differ in stage 1 only; stage 2 is the same "
+             "instruction tuning for all.",
              "", "## Headline (%)", "", *comparison_table(runs), ""]
     if info.get("dual_encoder"):
         de = info["dual_encoder"]
@@ -107,8 +126,12 @@ def render_report(runs: dict[str, dict], info: dict) -> str:
                   f"; modality gap {de['modality_gap']:.3f}; {de['seconds']:.0f} s.", ""]
     if alignment_rows(runs):
         lines += ["## Alignment diagnostics (`vlalign eval alignment`, held-out captions)", "",
-                  "EOS embeddings use seed 000's prompts; the probe asks which shapes-world word each visual "
-                  "token is nearest to in the LLM's input-embedding space; chance levels are in each objective's section.", "",
+                  "EOS gap: modality gap (Liang et al.) between image and caption EOS embeddings (seed 000's "
+                  "prompts); EOS Recall@K: image-to-text / text-to-image retrieval with them; D: mean cosine "
+                  "distance of visual tokens to the nearest word embedding; TACS: top-10 visual-token cosine with "
+                  "the own caption's tokens; probe: share of object-covered visual tokens whose nearest colour "
+                  "(shape) word in the LLM input space is the object's colour (shape); chance levels are in each "
+                  "objective's section.", "",
                   *alignment_rows(runs), ""]
     for name, run in runs.items():
         lines += [f"## Objective `{name}`", "", *detail_tables(name, run), ""]

@@ -111,7 +111,12 @@ class VisionLanguageModel(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  pixel_values: torch.Tensor | None = None, **generation_kwargs) -> torch.Tensor:
-        """New token ids only (inputs are embeddings, so HF's generate returns just the continuation)."""
+        """New token ids only (inputs are embeddings, so HF's generate returns just the continuation).
+        Inputs built on the CPU follow the model to its device (eval and `generate` on a GPU)."""
+        device = self.language_model.get_input_embeddings().weight.device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        if pixel_values is not None:
+            pixel_values = pixel_values.to(device)
         inputs_embeds, _, _ = self.embed(input_ids, pixel_values)
         generation_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         return self.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,

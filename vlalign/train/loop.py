@@ -66,7 +66,13 @@ def _resume_folder(resume, output_dir: Path) -> Path | None:
 
 def _make_accelerator(tc, output_dir: Path):
     from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.state import AcceleratorState, GradientState
 
+    # accelerate keeps one process-wide state and refuses a second Accelerator with another precision:
+    # each train() call (two stages in one process: the demo, notebooks, tests) starts from its own. The
+    # distributed set-up (PartialState) is kept.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     # cpu=True on machines without CUDA lets torchrun/accelerate launch run DDP over gloo (MULTI_CPU).
     return Accelerator(gradient_accumulation_steps=tc.grad_accum, mixed_precision=tc.mixed_precision,
                        log_with="tensorboard", project_dir=str(output_dir), cpu=not torch.cuda.is_available(),

@@ -102,18 +102,14 @@ def _separate_pass_step(module, batch, text_rows) -> float:
 
 
 def _sea_labels(world: Path, out: Path, model_config) -> tuple[Path, dict]:
-    """SEA's offline labels for the benchmark world, and the labelling throughput. The dual encoder's heads
-    are untrained (the speed does not depend on them); words: the English list + the world's vocabulary
-    when installed, else the vocabulary alone."""
+    """SEA's offline labels for the benchmark world, and the labelling throughput (patches/s, the word list
+    embedded once beforehand and not counted). The dual encoder's heads are untrained and the words are
+    the world's vocabulary: neither changes the step time (label features are looked up per sampled word)."""
     from vlalign.dual_encoder.packaged import PackagedDualEncoder
-    from vlalign.errors import ConfigError
     from vlalign.labels.labeller import collect_images, label_images
     from vlalign.labels.words import resolve_words
 
-    try:
-        words, source = resolve_words(None, world)
-    except ConfigError:
-        words, source = resolve_words("shapes", world)
+    words, source = resolve_words("shapes", world)
     summary = label_images(PackagedDualEncoder.build(), collect_images(world / "stage1.json", world), words, out,
                            encoder_id="benchmark", fingerprint="untrained", image_aspect=model_config.image_aspect)
     run = summary["run"]

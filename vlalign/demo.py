@@ -175,16 +175,18 @@ def _dual_encoder(world: Path, folder: Path, preset: Preset, seed: int) -> dict:
     started = time.perf_counter()
     report_path = folder / "report.json"
     settings = {"epochs": preset.dual_encoder_epochs, "seed": seed, "world": json.loads((world / "manifest.json").read_text())}
-    if report_path.is_file() and (folder / "demo_settings.json").is_file() and \
-            json.loads((folder / "demo_settings.json").read_text()) == settings:
+    saved = json.loads((folder / "demo_settings.json").read_text()) if (folder / "demo_settings.json").is_file() else {}
+    if report_path.is_file() and {key: saved.get(key) for key in settings} == settings:
         print(f"[demo] reusing the dual encoder in {folder}")
         report = json.loads(report_path.read_text())
+        seconds, reused = saved.get("seconds", 0.0), True
     else:
         report = train_dual_encoder(world / "stage1.json", world, folder, epochs=preset.dual_encoder_epochs, seed=seed,
                                     test_json=world / "test" / "captions.json")
-        (folder / "demo_settings.json").write_text(json.dumps(settings))
+        seconds, reused = time.perf_counter() - started, False
+        (folder / "demo_settings.json").write_text(json.dumps({**settings, "seconds": seconds}))
     return {"retrieval": report["test"]["retrieval"], "modality_gap": report["test"]["modality_gap"],
-            "seconds": time.perf_counter() - started}
+            "seconds": seconds, "reused": reused}
 
 
 def _patch_labels(world: Path, out: Path, config, words_spec: str | None = None) -> tuple[Path, dict]:

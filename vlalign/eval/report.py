@@ -123,7 +123,8 @@ def render_report(runs: dict[str, dict], info: dict) -> str:
         lines += ["## Demo dual encoder (EfficientNet-Lite0 + MiniLM-L6, trained heads)", "",
                   "Zero-shot retrieval on the held-out captions: " +
                   ", ".join(f"{k} {_pct(v)}%" for k, v in de["retrieval"].items()) +
-                  f"; modality gap {de['modality_gap']:.3f}; {de['seconds']:.0f} s.", ""]
+                  f"; modality gap {de['modality_gap']:.3f}; trained in {de['seconds']:.0f} s"
+                  f"{' (by an earlier run, reused)' if de.get('reused') else ''}.", ""]
     if alignment_rows(runs):
         lines += ["## Alignment diagnostics (`vlalign eval alignment`, held-out captions)", "",
                   "EOS gap: modality gap (Liang et al.) between image and caption EOS embeddings (seed 000's "

@@ -72,7 +72,7 @@ PRESETS = {
 # Seconds per sample measured here (2-core x86_64 with AVX512-BF16, training under bf16 autocast).
 COST_PER_SAMPLE = {"stage1": 0.12, "stage2": 0.42, "eval": 0.14, "image": 0.03, "alignment": 0.14}
 # Stage-2 LoRA learning rate. LLaVA's 2e-4 is tuned for 7B models and thousands of steps; with the demo's
-# ~175 steps a sweep (GPU, same data and seeds) gave GQA-style accuracy 0.32 / 0.31 / 0.36 at 2e-4 / 5e-4
+# ~125-175 steps a sweep (GPU, same data and seeds) gave GQA-style accuracy 0.32 / 0.31 / 0.36 at 2e-4 / 5e-4
 # / 1e-3, and the blank-image baseline 0.27 / 0.28 / 0.32.
 STAGE2_LR = 1e-3
 
@@ -258,6 +258,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, objectives: list[str
     test_sets = {name: _subset(json.loads((world / "test" / f"{name}.json").read_text()), preset.eval_per_set,
                                seed) for name in TEST_SETS}
     runs = _earlier_runs(out, preset_name, seed)
+    stage1_config = load_config(CONFIGS / "quickstart-stage1.yaml")
     for name in names:
         run_dir = out / name
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -267,15 +268,13 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, objectives: list[str
         (run_dir / "stage2_train.json").write_text(json.dumps(_subset(stage2_records, preset.stage2_records, seed)))
         objectives, extra = DEMO_OBJECTIVES[name], {}
         if "sea" in objectives:
-            labels, extra["sea_labels"] = _patch_labels(world, out, load_config(CONFIGS / "quickstart-stage1.yaml"),
-                                                        preset.sea_words)
+            labels, extra["sea_labels"] = _patch_labels(world, out, stage1_config, preset.sea_words)
             objectives = {**objectives, "sea": {**objectives["sea"], "labels": str(labels)}}
         runs[name] = run_objective(name, objectives, world, run_dir, preset, test_sets)
         runs[name].update(preset=preset_name, seed=seed, **extra)
         (out / "metrics.json").write_text(json.dumps(runs, indent=2))  # after each run: nothing lost on a stop
 
     manifest = json.loads((world / "manifest.json").read_text())
-    stage1_config = load_config(CONFIGS / "quickstart-stage1.yaml")
     info = {"preset": preset_name, "runtime_s": time.perf_counter() - started, "objectives_run": names,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "machine": _machine(),

@@ -85,3 +85,35 @@ def tiny_config(tiny_models, toy_data, tmp_path):
         return load_config(None, [*base, *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_query_models(tmp_path_factory) -> dict[str, str]:
+    """Folders: 'bert' (tiny random BERT + WordPiece tokenizer, the Q-Former's text side), 'mae' (tiny random
+    ViTMAEForPreTraining: 32 px, 8 px patches, encoder 32 wide, decoder 16 wide)."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast, ViTMAEConfig, ViTMAEForPreTraining
+
+    root = tmp_path_factory.mktemp("tiny_query_models")
+    torch.manual_seed(0)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", backend.token_to_id("[CLS]")),
+                                                 ("[SEP]", backend.token_to_id("[SEP]"))])
+    tokenizer = BertTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                  cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    bert = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=4, intermediate_size=64, max_position_embeddings=64))
+    bert.save_pretrained(root / "bert")
+    tokenizer.save_pretrained(root / "bert")
+    mae = ViTMAEForPreTraining(ViTMAEConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                            num_attention_heads=4, intermediate_size=64, decoder_hidden_size=16,
+                                            decoder_num_hidden_layers=1, decoder_num_attention_heads=4,
+                                            decoder_intermediate_size=32, mask_ratio=0.5, norm_pix_loss=True))
+    mae.save_pretrained(root / "mae")
+    return {"bert": str(root / "bert"), "mae": str(root / "mae")}

@@ -30,6 +30,7 @@ class Sample:
     image_key: str | None = None  # the record's `image` string
     index: int = -1  # position of the record in the dataset (keys per-record caches)
     image_eos_position: int = -1  # the image-side [EOS] (eos_contrastive's layout), -1 when absent
+    caption: str = ""  # the supervised text of a stage-1 (plain) record: what the Q-Former's text branch reads
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Batch:
     image_keys: list[str] = field(default_factory=list)  # one per image, in pixel_values order
     indices: list[int] = field(default_factory=list)  # dataset position of each sample
     image_eos_positions: torch.Tensor | None = None  # [B] image-side [EOS] index, -1 where absent
+    captions: list[str] = field(default_factory=list)  # per sample; "" for chat records
 
     def __len__(self) -> int:
         return len(self.record_ids)
@@ -58,7 +60,7 @@ class Batch:
         move = lambda t: t.to(device) if t is not None else None  # noqa: E731
         return Batch(move(self.input_ids), move(self.attention_mask), move(self.labels), move(self.pixel_values),
                      move(self.has_image), self.record_ids, self.skips, self.truncated, self.image_keys,
-                     self.indices, move(self.image_eos_positions))
+                     self.indices, move(self.image_eos_positions), self.captions)
 
 
 class LlavaDataset(Dataset):
@@ -123,8 +125,9 @@ class LlavaDataset(Dataset):
                 raise DataError(str(exc), reason="unreadable_image", record_id=record.id,
                                 file=record.source_file, field="image") from exc
         eos = tokens.image_eos_position if tokens.image_eos_position is not None else -1
+        caption = record.turns[-1].text.strip() if self.fmt == "plain" else ""
         return Sample(record.id, tokens.input_ids, tokens.labels, pixel_values, tokens.truncated, record.image_key,
-                      image_eos_position=eos)
+                      image_eos_position=eos, caption=caption)
 
 
 class Collator:
@@ -159,7 +162,8 @@ class Collator:
                      truncated=sum(s.truncated for s in samples),
                      image_keys=[s.image_key for s in samples if s.pixel_values is not None],
                      indices=[s.index for s in samples],
-                     image_eos_positions=torch.tensor([s.image_eos_position for s in samples], dtype=torch.long))
+                     image_eos_positions=torch.tensor([s.image_eos_position for s in samples], dtype=torch.long),
+                     captions=[s.caption for s in samples])
 
 
 class LengthGroupedBatchSampler:

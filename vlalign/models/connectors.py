@@ -42,6 +42,16 @@ class Connector(nn.Module):
 
     pool: int = 1
     merge: int = 1
+    needs_pixels: bool = False  # True: encode() also takes the images (X-Former's MAE branch)
+
+    def encode(self, vision_tokens: torch.Tensor, grid: tuple[int, int],
+               pixel_values: torch.Tensor | None = None):
+        """(LLM-space tokens, what the connector's own objectives read: None for patch connectors)."""
+        return self(vision_tokens, grid), None
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Parts that stay frozen even when the connector trains (X-Former's MAE)."""
+        return []
 
     def _set_reduction(self, pool: int, merge: int) -> None:
         for name, value in (("pool", pool), ("merge", merge)):
@@ -137,6 +147,7 @@ class AvgPoolConnector(Connector):
 
 
 def build_connector(name: str, vision_dim: int, llm_dim: int, options: dict | None = None) -> Connector:
+    import vlalign.models.query_connectors  # noqa: F401  registers qformer / xformer
     if name not in CONNECTORS:
         raise ConfigError(f"unknown connector {name!r}; registered: {', '.join(sorted(CONNECTORS))}")
     try:

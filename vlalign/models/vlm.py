@@ -8,6 +8,7 @@ tower's inner prefix at most, not a rewrite.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,8 +27,9 @@ class ModelOutput:
     attention_mask: torch.Tensor  # [B, T]
     image_mask: torch.Tensor  # [B, T] bool: where visual tokens sit
     visual_tokens: torch.Tensor | None  # [num_images, Nv, D] projected, before the LLM
-    inputs_embeds: torch.Tensor  # [B, T, D] what the LLM saw
+    inputs_embeds: torch.Tensor | None  # [B, T, D] what the LLM saw
     lm_head: nn.Module
+    connector_output: Any = None  # what a query connector hands its stage-1 objective (QueryOutput)
 
     def logits_at(self, positions: torch.Tensor) -> torch.Tensor:
         """Logits [K, V] at the K True positions of a [B, T] mask: avoids a full [B, T, V] tensor."""
@@ -56,7 +58,10 @@ class VisionLanguageModel(nn.Module):
         language_model, tokenizer, image_token_id = load_llm(config.llm, config.image_token,
                                                              config.attn_implementation)
         llm_dim = language_model.get_input_embeddings().weight.shape[1]
-        connector = build_connector(config.connector, tower.hidden_size, llm_dim, config.connector_options)
+        options = dict(config.connector_options)
+        if config.connector == "xformer":  # its MAE branch re-normalises the tower's pixels
+            options.update(tower_mean=tower.image_mean, tower_std=tower.image_std)
+        connector = build_connector(config.connector, tower.hidden_size, llm_dim, options)
         if config.gradient_checkpointing:
             # Non-reentrant, so a frozen LLM fed trainable visual tokens still gets gradients through.
             if hasattr(language_model, "activation_checkpointing_enable"):  # transformers >= 5.x name
@@ -75,16 +80,21 @@ class VisionLanguageModel(nn.Module):
         return self.language_model.get_input_embeddings().weight.shape[1]
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.encode_images_with_extras(pixel_values)[0]
+
+    def encode_images_with_extras(self, pixel_values: torch.Tensor):
+        """(visual tokens [num_images, Nv, D], the connector's extras for its objectives or None)."""
         tower_trains = any(p.requires_grad for p in self.vision_tower.parameters())
         with torch.set_grad_enabled(tower_trains and torch.is_grad_enabled()):
             vision_tokens = self.vision_tower(pixel_values)
-        visual_tokens = self.multi_modal_projector(vision_tokens, self.vision_tower.grid)
+        visual_tokens, extras = self.multi_modal_projector.encode(vision_tokens, self.vision_tower.grid, pixel_values)
         if visual_tokens.shape[1] != self.num_visual_tokens:
             raise RuntimeError(f"connector produced {visual_tokens.shape[1]} tokens, expected {self.num_visual_tokens}")
-        return visual_tokens
+        return visual_tokens, extras
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None):
-        """Token embeddings with every `<image>` placeholder replaced, in order, by a visual token."""
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, encoded=None):
+        """Token embeddings with every `<image>` placeholder replaced, in order, by a visual token.
+        `encoded`: visual tokens already computed for these pixel values."""
         image_mask = input_ids == self.image_token_id
         inputs_embeds = self.language_model.get_input_embeddings()(input_ids)
         n_placeholders = int(image_mask.sum())
@@ -92,7 +102,7 @@ class VisionLanguageModel(nn.Module):
             if n_placeholders:
                 raise ValueError(f"batch has {n_placeholders} <image> placeholders but no images")
             return inputs_embeds, image_mask, None
-        visual_tokens = self.encode_images(pixel_values)
+        visual_tokens = self.encode_images(pixel_values) if encoded is None else encoded
         if n_placeholders != visual_tokens.shape[0] * visual_tokens.shape[1]:
             raise ValueError(f"image features and image tokens do not match: {n_placeholders} placeholders, "
                              f"{visual_tokens.shape[0]} images x {visual_tokens.shape[1]} visual tokens")
@@ -100,13 +110,21 @@ class VisionLanguageModel(nn.Module):
         return spliced, image_mask, visual_tokens
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                pixel_values: torch.Tensor | None = None) -> ModelOutput:
-        inputs_embeds, image_mask, visual_tokens = self.embed(input_ids, pixel_values)
+                pixel_values: torch.Tensor | None = None, run_llm: bool = True) -> ModelOutput:
+        """run_llm=False: vision tower and connector only (Q-Former pre-training needs no LLM pass)."""
+        has_images = pixel_values is not None and pixel_values.shape[0] > 0
+        visual_tokens, extras = self.encode_images_with_extras(pixel_values) if has_images else (None, None)
+        lm_head = self.language_model.get_output_embeddings()
+        if not run_llm:
+            return ModelOutput(hidden_states=None, attention_mask=attention_mask, image_mask=None,
+                               visual_tokens=visual_tokens, inputs_embeds=None, lm_head=lm_head,
+                               connector_output=extras)
+        inputs_embeds, image_mask, visual_tokens = self.embed(input_ids, pixel_values, visual_tokens)
         decoder_output = self.language_model.get_decoder()(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
         return ModelOutput(hidden_states=decoder_output.last_hidden_state, attention_mask=attention_mask,
                            image_mask=image_mask, visual_tokens=visual_tokens, inputs_embeds=inputs_embeds,
-                           lm_head=self.language_model.get_output_embeddings())
+                           lm_head=lm_head, connector_output=extras)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

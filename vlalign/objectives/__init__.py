@@ -2,6 +2,7 @@
 
 from vlalign.objectives import contrastive  # noqa: F401  (registers "eos_contrastive", "cg_contrastive")
 from vlalign.objectives import generative  # noqa: F401  (registers "generative")
+from vlalign.objectives import qformer  # noqa: F401  (registers "qformer", "xformer")
 from vlalign.objectives import sea  # noqa: F401  (registers "sea")
 from vlalign.objectives.base import OBJECTIVES, Objective, ObjectiveOptions, Terms, build_objectives, register_objective
 

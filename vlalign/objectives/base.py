@@ -33,6 +33,7 @@ class Terms:
 class Objective(nn.Module):
     name: ClassVar[str]
     Options: ClassVar[type[ObjectiveOptions]] = ObjectiveOptions
+    needs_llm: ClassVar[bool] = True  # False: reads only the connector's output (Q-Former pre-training)
 
     def __init__(self, options: ObjectiveOptions, model):
         super().__init__()

@@ -133,8 +133,54 @@ def qformer_itc(query_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_sca
         raise ValueError("qformer_itc: query_embeds has no queries (Q = 0)")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"qformer_itc: label_smoothing must be in [0, 1), got {label_smoothing}")
-    per_query = torch.einsum("iqd,jd->ijq", _unit(query_embeds), _unit(text_embeds))  # [B, B, Q]
-    sim = _as_scalar(logit_scale, "logit_scale") * per_query.max(dim=-1).values
+    sim = _as_scalar(logit_scale, "logit_scale") * qformer_similarity(query_embeds, text_embeds)
     targets = torch.arange(batch, device=sim.device)
     return (F.cross_entropy(sim, targets, label_smoothing=label_smoothing)
             + F.cross_entropy(sim.T, targets, label_smoothing=label_smoothing)) / 2
+
+
+def qformer_similarity(query_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+    """[N, Q, D] x [M, D] -> [N, M]: for each image-text pair, the best cosine over the image's queries."""
+    return torch.einsum("iqd,jd->ijq", _unit(query_embeds), _unit(text_embeds)).max(dim=-1).values
+
+
+def sample_hard_negatives(similarity: torch.Tensor, same: torch.Tensor,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """For each row i, one column j drawn with probability softmax(similarity[i]) over the columns that are
+    not a positive of i (BLIP-2's ITM hard-negative mining). `same[i, j]` is True where j is a positive of
+    i (the diagonal, duplicate captions); a row with no negative at all is an error naming it.
+    """
+    _check_rank(similarity, 2, "similarity", "[N, M]")
+    if same.shape != similarity.shape:
+        raise ValueError(f"sample_hard_negatives: same {tuple(same.shape)} must match similarity "
+                         f"{tuple(similarity.shape)}")
+    without_negative = same.all(dim=1)
+    if without_negative.any():
+        rows = without_negative.nonzero().flatten().tolist()
+        raise ValueError(f"sample_hard_negatives: rows {rows} have no negative (every candidate is a positive)")
+    weights = torch.softmax(similarity.detach().float(), dim=1).masked_fill(same, 0.0)
+    # Rows whose softmax mass on negatives underflowed to 0 fall back to uniform over the negatives.
+    weights = torch.where(weights.sum(dim=1, keepdim=True) > 0, weights, (~same).float())
+    return torch.multinomial(weights, 1, generator=generator).flatten()
+
+
+def masked_patch_mse(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                     normalize_target: bool = True) -> torch.Tensor:
+    """MAE's reconstruction loss: per-patch MSE averaged over the masked patches only.
+
+    predicted, target [B, N, P] (P = patch pixels), mask [B, N] with 1 where the patch was masked.
+    normalize_target: MAE's norm_pix_loss, each target patch standardised by its own mean and variance.
+    """
+    _check_rank(predicted, 3, "predicted", "[B, N, P]")
+    if target.shape != predicted.shape or mask.shape != predicted.shape[:2]:
+        raise ValueError(f"masked_patch_mse: predicted {tuple(predicted.shape)}, target {tuple(target.shape)} "
+                         f"and mask {tuple(mask.shape)} must agree")
+    if not mask.any():
+        raise ValueError("masked_patch_mse: no patch is masked, so there is nothing to reconstruct")
+    if normalize_target:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1.0e-6) ** 0.5
+    per_patch = ((predicted.float() - target.float()) ** 2).mean(dim=-1)
+    mask = mask.float()
+    return (per_patch * mask).sum() / mask.sum()

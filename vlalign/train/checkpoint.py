@@ -32,6 +32,8 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
 def _is_saved(name: str, param) -> bool:
+    if name.startswith("multi_modal_projector.mae_branch.mae.") and not param.requires_grad:
+        return False  # X-Former's frozen MAE reloads from its source (a ViT-H MAE would add 2.5 GB)
     return param.requires_grad or name.startswith("multi_modal_projector.") or "lora_" in name
 
 

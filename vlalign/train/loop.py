@@ -39,8 +39,10 @@ class TrainingModule(nn.Module):
         return self
 
     def forward(self, batch):
-        output = self.model(batch.input_ids, batch.attention_mask, batch.pixel_values)
-        total = output.hidden_states.new_zeros((), dtype=torch.float32)
+        # Q-Former pre-training reads only the connector: no LLM pass unless some objective needs one.
+        run_llm = any(objective.needs_llm for objective in self.objectives.values())
+        output = self.model(batch.input_ids, batch.attention_mask, batch.pixel_values, run_llm=run_llm)
+        total = torch.zeros((), dtype=torch.float32, device=batch.input_ids.device)
         losses, metrics = {}, {}
         for objective in self.objectives.values():
             terms = objective(output, batch)

@@ -52,14 +52,19 @@ def apply_tune(model, stage: int, tune: TuneConfig) -> dict[str, str]:
                 param.requires_grad = "lora_" in name
         else:
             module.requires_grad_(mode == "full")
+        if hasattr(module, "frozen_modules"):  # e.g. X-Former's MAE stays frozen inside a training connector
+            for frozen in module.frozen_modules():
+                frozen.requires_grad_(False)
     return recipe
 
 
 def keep_frozen_in_eval(model) -> None:
     """Call after model.train(): components without trainable parameters go back to eval mode."""
     for module in model.components().values():
-        if not any(p.requires_grad for p in module.parameters()):
-            module.eval()
+        parts = [module, *(module.frozen_modules() if hasattr(module, "frozen_modules") else [])]
+        for part in parts:
+            if not any(p.requires_grad for p in part.parameters()):
+                part.eval()
 
 
 def parameter_table(model, extra: dict[str, nn.Module] | None = None) -> list[tuple[str, int, int]]:

@@ -1,0 +1,256 @@
+"""Q-Former / X-Former: masks, hard negatives, reconstruction loss, frozen MAE, stage-2 shapes, bad configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlalign.errors import ConfigError
+from vlalign.models.query_former import qformer_attention_mask
+from vlalign.objectives.functional import masked_patch_mse, sample_hard_negatives
+
+
+def _query_config(tiny_config, tiny_query_models, stage=1, connector="qformer", objectives="{qformer: {}}",
+                  *extra):
+    options = f"{{num_queries: 4, text_encoder: {tiny_query_models['bert']}, max_text_length: 24"
+    if connector == "xformer":
+        options += f", mae: {tiny_query_models['mae']}"
+    return tiny_config(stage, f"model.connector={connector}", f"model.connector_options={options}}}",
+                       f"objectives={objectives}", *extra)
+
+
+def _model_and_batch(config):
+    from vlalign.data.build import build_dataset
+    from vlalign.data.dataset import Collator
+    from vlalign.data.llava_json import SkipReport
+    from vlalign.models.vlm import VisionLanguageModel
+    from vlalign.objectives import build_objectives
+    from vlalign.objectives.base import data_requirements
+    from vlalign.train.loop import TrainingModule
+    from vlalign.train.stages import apply_tune
+
+    torch.manual_seed(0)
+    model = VisionLanguageModel.from_config(config.model)
+    apply_tune(model, config.train.stage, config.train.tune)
+    objectives = build_objectives(config.objectives, model)
+    dataset = build_dataset(config, model, SkipReport(), data_requirements(objectives))
+    batch = Collator(model.tokenizer.pad_token_id)([dataset[i] for i in range(4)])
+    return TrainingModule(model, objectives), dataset, batch
+
+
+# --- masks ----------------------------------------------------------------------------------------------------
+
+def test_masks_follow_blip2():
+    queries, text_mask = 3, torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    q, t = slice(0, queries), slice(queries, queries + 4)
+    uni = qformer_attention_mask(queries, text_mask, "unimodal")
+    assert not uni[:, q, t].any() and not uni[:, t, q].any()  # queries and text never see each other (ITC)
+    assert uni[:, q, q].all()
+    bi = qformer_attention_mask(queries, text_mask, "bidirectional")
+    assert bi[0].all() and not bi[1, :, queries + 2].any() == False  # noqa: E712  own padding row sees itself
+    assert not bi[1, :queries, queries + 2:].any()  # nobody attends to padding
+    causal = qformer_attention_mask(queries, text_mask, "multimodal_causal")
+    assert not causal[:, q, t].any()  # queries never see text (ITG)
+    assert causal[0, t, q].all()  # text sees every query
+    text_part = causal[0, t, t]
+    assert torch.equal(text_part, torch.tril(torch.ones(4, 4, dtype=torch.bool)))  # never later text
+    with pytest.raises(ValueError, match="unknown Q-Former mask mode"):
+        qformer_attention_mask(queries, text_mask, "causal")
+
+
+def test_itg_text_never_sees_later_text_and_itc_text_never_sees_queries(tiny_query_models):
+    from vlalign.models.query_former import build_query_former
+
+    torch.manual_seed(0)
+    former, tokenizer = build_query_former(tiny_query_models["bert"], 4, 16)
+    former.eval()
+    queries = former.encode_queries(torch.randn(2, 9, 16))
+    ids = tokenizer(["a red circle on the left", "a blue square"], padding=True, return_tensors="pt")
+    changed = ids.input_ids.clone()
+    changed[0, 4:] = tokenizer.convert_tokens_to_ids("blue")  # later tokens differ
+    a = former.joint(queries, ids.input_ids, ids.attention_mask, "multimodal_causal")
+    b = former.joint(queries, changed, ids.attention_mask, "multimodal_causal")
+    assert torch.allclose(a[0, 4:4 + 4], b[0, 4:4 + 4], atol=1e-6)  # positions 0-3 of the text unchanged
+    assert not torch.allclose(a[0, 4 + 4:], b[0, 4 + 4:])
+    # unimodal: the text states do not depend on the queries at all
+    uni_a = former.joint(queries, ids.input_ids, ids.attention_mask, "unimodal")[:, 4:]
+    uni_b = former.joint(queries * 5 + 1, ids.input_ids, ids.attention_mask, "unimodal")[:, 4:]
+    text_only = former.encode_text(ids.input_ids, ids.attention_mask)
+    mask = ids.attention_mask.bool()
+    assert torch.allclose(uni_a[mask], uni_b[mask], atol=1e-6) and torch.allclose(uni_a[mask], text_only[mask], atol=1e-5)
+
+
+def test_text_branch_starts_as_the_pretrained_bert(tiny_query_models):
+    from transformers import AutoModel, AutoTokenizer
+
+    from vlalign.models.query_former import build_query_former
+
+    former, _ = build_query_former(tiny_query_models["bert"], 4, 16)
+    bert = AutoModel.from_pretrained(tiny_query_models["bert"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_query_models["bert"])
+    ids = tokenizer(["two green triangles", "a red circle on the left"], padding=True, return_tensors="pt")
+    ours = former.eval().encode_text(ids.input_ids, ids.attention_mask)
+    mask = ids.attention_mask.bool()
+    assert torch.allclose(ours[mask], bert(**ids).last_hidden_state[mask], atol=1e-5)
+    # the query FFN starts as a copy of the text FFN; cross-attention is new
+    layer = former.layer[0]
+    assert torch.equal(layer.query_ffn.intermediate[0].weight, layer.text_ffn.intermediate[0].weight)
+    assert layer.crossattention is not None and former.layer[1].crossattention is None  # every other layer
+
+
+# --- pure functions -------------------------------------------------------------------------------------------
+
+def test_hard_negatives_never_pick_a_positive_and_prefer_similar():
+    generator = torch.Generator().manual_seed(0)
+    similarity = torch.randn(6, 6)
+    same = torch.eye(6, dtype=torch.bool)
+    same[0, 3] = same[3, 0] = True  # identical captions count as positives
+    for _ in range(300):
+        picks = sample_hard_negatives(similarity, same, generator)
+        assert not same[torch.arange(6), picks].any()
+    # a much more similar negative is drawn far more often than a dissimilar one
+    similarity = torch.tensor([[5.0, 4.0, -4.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0]])
+    picks = torch.stack([sample_hard_negatives(similarity, torch.eye(3, dtype=torch.bool), generator)
+                         for _ in range(400)])
+    assert (picks[:, 0] == 1).float().mean() > 0.95
+    with pytest.raises(ValueError, match=r"rows \[1\] have no negative"):
+        sample_hard_negatives(torch.zeros(2, 2), torch.tensor([[True, False], [True, True]]))
+
+
+def test_reconstruction_loss_only_on_masked_patches():
+    torch.manual_seed(0)
+    target = torch.randn(2, 4, 6)
+    predicted = torch.randn(2, 4, 6)
+    mask = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    expected = sum(((predicted[b, n] - target[b, n]) ** 2).mean() for b, n in [(0, 0), (0, 2), (1, 3)]) / 3
+    assert masked_patch_mse(predicted, target, mask, normalize_target=False).item() == pytest.approx(expected.item())
+    edited = predicted.clone()
+    edited[0, 1] += 100.0  # an unmasked (visible) patch: no effect
+    assert masked_patch_mse(edited, target, mask).item() == pytest.approx(masked_patch_mse(predicted, target, mask).item())
+    edited[0, 0] += 1.0  # a masked patch: changes the loss
+    assert masked_patch_mse(edited, target, mask).item() != pytest.approx(masked_patch_mse(predicted, target, mask).item())
+    with pytest.raises(ValueError, match="no patch is masked"):
+        masked_patch_mse(predicted, target, torch.zeros(2, 4))
+
+
+# --- the connectors in the model ------------------------------------------------------------------------------
+
+def test_qformer_stage1_terms_without_an_llm_pass(tiny_config, tiny_query_models):
+    config = _query_config(tiny_config, tiny_query_models)
+    module, dataset, batch = _model_and_batch(config)
+    calls = []
+    module.model.language_model.get_decoder().register_forward_hook(lambda *args: calls.append(1))
+    for objective in module.objectives.values():
+        objective.prepare(module.model, dataset, accelerator=None)
+    module.train()
+    total, losses, metrics = module(batch)
+    assert set(losses) == {"itc", "itm", "itg"} and not calls  # no LLM forward for Q-Former pre-training
+    assert total.item() == pytest.approx(sum(v.item() for v in losses.values()), rel=1e-5)
+    total.backward()
+    connector = module.model.multi_modal_projector
+    assert connector.former.query_tokens.grad is not None and connector.itm_head.weight.grad is not None
+    assert connector.former.layer[0].crossattention.self.key.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in module.model.language_model.parameters())
+    assert 0.0 <= metrics["itm_accuracy"] <= 1.0
+
+
+def test_xformer_reconstructs_and_its_mae_stays_frozen(tiny_config, tiny_query_models):
+    from vlalign.train.stages import parameter_table
+
+    config = _query_config(tiny_config, tiny_query_models, 1, "xformer", "{xformer: {}}")
+    module, dataset, batch = _model_and_batch(config)
+    connector = module.model.multi_modal_projector
+    mae = connector.mae_branch.mae
+    assert not any(p.requires_grad for p in mae.parameters())  # connector "full" does not unfreeze the MAE
+    for objective in module.objectives.values():
+        objective.prepare(module.model, dataset, accelerator=None)
+    module.train()
+    assert not mae.training  # frozen parts stay in eval mode
+    total, losses, metrics = module(batch)
+    assert set(losses) == {"itc", "itm", "itg", "reconstruction"}
+    assert metrics["mae_masked_fraction"] == pytest.approx(0.5)
+    total.backward()
+    assert all(p.grad is None for p in mae.parameters())
+    assert connector.mae_branch.enrich.attention.self.query.weight.grad.abs().sum() > 0  # recon reaches CA 1
+    assert connector.mae_branch.enhance.attention.self.query.weight.grad.abs().sum() > 0
+    rows = {name: (trainable, frozen) for name, trainable, frozen in parameter_table(module.model)}
+    assert rows["multi_modal_projector"][1] == sum(p.numel() for p in mae.parameters())
+    # outside training the MAE sees the whole image and nothing is reconstructed
+    module.eval()
+    with torch.no_grad():
+        output = module.model(batch.input_ids, batch.attention_mask, batch.pixel_values, run_llm=False)
+    assert output.connector_output.reconstruction_loss is None and output.connector_output.masked_fraction == 0.0
+
+
+def test_stage2_queries_go_through_one_fc_into_the_llm(tiny_config, tiny_query_models):
+    config = _query_config(tiny_config, tiny_query_models, 1, "xformer", "{generative: {}}")
+    module, dataset, batch = _model_and_batch(config)
+    model = module.model
+    assert model.num_visual_tokens == 4  # the queries, whatever the tower's grid
+    assert int((batch.input_ids == model.image_token_id).sum(dim=1)[0]) == 4
+    module.train()
+    output = model(batch.input_ids, batch.attention_mask, batch.pixel_values)
+    assert output.visual_tokens.shape == (4, 4, model.hidden_size)
+    assert output.connector_output.reconstruction_loss is None  # LM loss only in LLM alignment
+    total, losses, _ = module(batch)
+    total.backward()
+    connector = model.multi_modal_projector
+    assert connector.language_projection.weight.grad is not None
+    assert connector.former.query_tokens.grad is not None  # the X-Former trains too (the paper's setting)
+    # the ablation switch: only the FC layer trains
+    frozen = _query_config(tiny_config, tiny_query_models, 1, "xformer", "{generative: {}}")
+    frozen.model.connector_options["freeze_former"] = True
+    module, _, _ = _model_and_batch(frozen)
+    trainable = {n.split(".")[1] for n, p in module.model.multi_modal_projector.named_parameters(prefix="c")
+                 if p.requires_grad}
+    assert trainable == {"language_projection"}
+
+
+def test_pipeline_pretrain_align_instruct(tiny_config, tiny_query_models, tmp_path):
+    """Stage 1 X-Former pre-training -> LLM alignment -> LoRA instruction tuning, through checkpoints."""
+    import json
+
+    from vlalign.train.loop import train
+
+    pretrain = _query_config(tiny_config, tiny_query_models, 1, "xformer", "{xformer: {}}", "train.max_steps=2",
+                             f"train.output_dir={tmp_path / 'pretrain'}")
+    first = train(pretrain)
+    logged = [json.loads(line) for line in (tmp_path / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert {"itc", "itm", "itg", "reconstruction"} <= set(logged[-1])
+    align = _query_config(tiny_config, tiny_query_models, 1, "xformer", "{generative: {}}", "train.max_steps=2",
+                          f"train.init_from={first}", f"train.output_dir={tmp_path / 'align'}")
+    second = train(align)
+    instruct = _query_config(tiny_config, tiny_query_models, 2, "xformer", "{generative: {}}", "train.max_steps=2",
+                             f"train.init_from={second}", "train.tune.llm=lora", "train.tune.lora.r=4",
+                             f"train.output_dir={tmp_path / 'instruct'}")
+    final = train(instruct)
+    from safetensors.torch import load_file
+    saved = load_file(str(final / "model.safetensors"))
+    assert any(name.startswith("multi_modal_projector.language_projection") for name in saved)
+    assert not any(".mae_branch.mae." in name for name in saved)  # the frozen MAE reloads from its source
+
+
+# --- bad configs ----------------------------------------------------------------------------------------------
+
+def test_bad_query_configs_fail_clearly(tiny_config, tiny_query_models):
+    from vlalign.models.query_former import build_query_former
+    from vlalign.models.vlm import VisionLanguageModel
+    from vlalign.objectives import build_objectives
+
+    with pytest.raises(ConfigError, match="num_queries must be an integer >= 1, got 0"):
+        build_query_former(tiny_query_models["bert"], 0, 16)
+    config = tiny_config(1, "model.connector=xformer",
+                         f"model.connector_options={{text_encoder: {tiny_query_models['bert']}}}")
+    with pytest.raises(ConfigError, match="xformer needs model.connector_options.mae"):
+        VisionLanguageModel.from_config(config.model)
+    former, _ = build_query_former(tiny_query_models["bert"], 4, 16)
+    with pytest.raises(ValueError, match="vision features have 24 channels.*built for 16"):
+        former.encode_queries(torch.randn(1, 5, 24))
+    with pytest.raises(ConfigError, match="not a BERT-family|needs a BERT-family"):
+        build_query_former(tiny_query_models["mae"], 4, 16)
+    patch_model = VisionLanguageModel.from_config(tiny_config(1).model)
+    with pytest.raises(ConfigError, match="set model.connector: qformer"):
+        build_objectives({"qformer": {}}, patch_model)
+    qformer_model = VisionLanguageModel.from_config(_query_config(tiny_config, tiny_query_models).model)
+    with pytest.raises(ConfigError, match="set model.connector: xformer"):
+        build_objectives({"xformer": {}}, qformer_model)

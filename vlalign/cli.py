@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     from vlalign.labels.cli import add_parser as add_label_patches_parser
 
     add_label_patches_parser(commands)
+    from vlalign.mae.cli import add_parser as add_pretrain_mae_parser
+
+    add_pretrain_mae_parser(commands)
 
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint")
     eval_commands = evaluate.add_subparsers(dest="eval_command", required=True)

@@ -32,6 +32,10 @@ DEMO_OBJECTIVES: dict[str, dict] = {
     "generative+cg_contrastive": {"generative": {"weight": 1.0}, "cg_contrastive": {"weight": 1.0}},
     # `labels` is filled in at run time: the demo labels the world's training images itself (_patch_labels).
     "generative+sea": {"generative": {"weight": 1.0}, "sea": {"weight": 1.0}},
+    # Query connectors (seed 002): pre-training with these objectives, then LLM alignment (generative)
+    # through their FC layer; see demo_query.py.
+    "qformer": {"qformer": {}},
+    "xformer": {"xformer": {}},
 }
 DEFAULT_OBJECTIVES = ("generative",)
 
@@ -60,12 +64,15 @@ class Preset:
     alignment_pairs: int  # held-out image-caption pairs for `eval alignment` after each stage
     dual_encoder_epochs: int
     stage1_epochs: int = 1
+    query_pretrain_epochs: int = 1  # qformer / xformer pre-training (at batch 16) before LLM alignment
+    mae_epochs: int = 1  # the demo MAE for xformer (`vlalign pretrain-mae` on the world's training images)
     sea_words: str | None = None  # `label-patches --words`; None: its default (English list + world vocabulary)
 
 
 PRESETS = {
     "full": Preset(n_train=1500, n_test=200, stage1_records=1500, stage2_records=1000, eval_per_set=100,
-                   alignment_pairs=200, dual_encoder_epochs=15, stage1_epochs=2),
+                   alignment_pairs=200, dual_encoder_epochs=15, stage1_epochs=2, query_pretrain_epochs=2,
+                   mae_epochs=4),
     "quick": Preset(n_train=48, n_test=16, stage1_records=48, stage2_records=32, eval_per_set=12,
                     alignment_pairs=16, dual_encoder_epochs=2, sea_words="shapes"),  # 64K words: +1 min
 }
@@ -75,6 +82,7 @@ COST_PER_SAMPLE = {"stage1": 0.12, "stage2": 0.42, "eval": 0.14, "image": 0.03, 
 # ~125-175 steps a sweep (GPU, same data and seeds) gave GQA-style accuracy 0.32 / 0.31 / 0.36 at 2e-4 / 5e-4
 # / 1e-3, and the blank-image baseline 0.27 / 0.28 / 0.32.
 STAGE2_LR = 1e-3
+ALIGN_LR = 3e-4  # qformer / xformer LLM alignment: a fresh FC layer on a pre-trained former (seed 002: 1e-4)
 
 
 def training_precision() -> str:
@@ -140,20 +148,27 @@ def _alignment(checkpoint: Path, world: Path, out: Path, preset: Preset, model=N
 
 
 def run_objective(name: str, objectives: dict, world: Path, run_dir: Path, preset: Preset,
-                  test_sets: dict[str, list]) -> dict:
+                  test_sets: dict[str, list], mae_folder: Path | None = None) -> dict:
+    from vlalign.demo_query import QUERY_RUNS, connector_overrides, pretrain_query_former
     from vlalign.generate import load_checkpoint_model
 
     common = [f"data.image_root={world}", f"train.mixed_precision='{training_precision()}'"]
-    objective_sets = [f"objectives={json.dumps(objectives)}"]
+    objective_sets, connector_sets, query = [f"objectives={json.dumps(objectives)}"], [], {}
+    if name in QUERY_RUNS:  # pre-training first; "stage 1" is then the paper's LLM alignment
+        connector_sets = connector_overrides(name, mae_folder)
+        pretrained, query = pretrain_query_former(name, world, run_dir, common, preset.query_pretrain_epochs,
+                                                  preset.alignment_pairs, mae_folder)
+        objective_sets = ['objectives={"generative": {"weight": 1.0}}', f"train.init_from={pretrained}",
+                          f"train.lr={ALIGN_LR}"]
     # Stage 1 keeps the quickstart's batch 8 / lr 1e-3 and runs 2 epochs (375 updates): with 1 epoch of
     # 1200 captions (150 updates) stage 2 never learned to use the image on this CPU (GQA-style 0.34 vs
     # 0.33 blank, with stage-2 batch 8 or 4); with 2 epochs of 1500, 0.46 vs 0.33. In the GPU sweep, too,
     # the runs whose answers used the image were those with the most stage-1 updates.
     stage1, stage1_s = _train_stage("quickstart-stage1.yaml", [
-        *common, f"data.train_file={run_dir / 'stage1_train.json'}", f"train.output_dir={run_dir / 'stage1'}",
-        f"train.epochs={preset.stage1_epochs}", *objective_sets])
+        *common, *connector_sets, f"data.train_file={run_dir / 'stage1_train.json'}",
+        f"train.output_dir={run_dir / 'stage1'}", f"train.epochs={preset.stage1_epochs}", *objective_sets])
     stage2, stage2_s = _train_stage("quickstart-stage2.yaml", [
-        *common, f"data.train_file={run_dir / 'stage2_train.json'}", f"train.output_dir={run_dir / 'stage2'}",
+        *common, *connector_sets, f"data.train_file={run_dir / 'stage2_train.json'}", f"train.output_dir={run_dir / 'stage2'}",
         f"train.init_from={stage1}", f"train.lr={STAGE2_LR}"])
     alignment = {"stage1": _alignment(stage1, world, run_dir / "alignment_stage1", preset)}
     model, config = load_checkpoint_model(stage2)
@@ -165,7 +180,7 @@ def run_objective(name: str, objectives: dict, world: Path, run_dir: Path, prese
                for i, r in enumerate(test_sets["gqa"][:8])]
     return {"objectives": objectives, "visual_tokens": model.num_visual_tokens, "stage1": _stage_summary(run_dir / "stage1", stage1_s),
             "stage2": _stage_summary(run_dir / "stage2", stage2_s), "eval": evaluation,
-            "text_only_baseline": baseline, "samples": samples, "alignment": alignment}
+            "text_only_baseline": baseline, "samples": samples, "alignment": alignment, **query}
 
 
 def _dual_encoder(world: Path, folder: Path, preset: Preset, seed: int) -> dict:
@@ -266,11 +281,15 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, objectives: list[str
         stage2_records = json.loads((world / "stage2.json").read_text())
         (run_dir / "stage1_train.json").write_text(json.dumps(_subset(stage1_records, preset.stage1_records, seed)))
         (run_dir / "stage2_train.json").write_text(json.dumps(_subset(stage2_records, preset.stage2_records, seed)))
-        objectives, extra = DEMO_OBJECTIVES[name], {}
+        objectives, extra, mae_folder = DEMO_OBJECTIVES[name], {}, None
         if "sea" in objectives:
             labels, extra["sea_labels"] = _patch_labels(world, out, stage1_config, preset.sea_words)
             objectives = {**objectives, "sea": {**objectives["sea"], "labels": str(labels)}}
-        runs[name] = run_objective(name, objectives, world, run_dir, preset, test_sets)
+        if "xformer" in objectives:
+            from vlalign.demo_query import demo_mae
+
+            mae_folder, extra["mae"] = demo_mae(world, out, preset.mae_epochs, seed)
+        runs[name] = run_objective(name, objectives, world, run_dir, preset, test_sets, mae_folder)
         runs[name].update(preset=preset_name, seed=seed, **extra)
         (out / "metrics.json").write_text(json.dumps(runs, indent=2))  # after each run: nothing lost on a stop
 

@@ -71,6 +71,18 @@ def retrieval_recall(image_embeds: torch.Tensor, text_embeds: torch.Tensor,
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
             raise ValueError(f"retrieval_recall: K={k!r} must be an integer in 1..{n} (the number of pairs)")
     image_to_text = F.normalize(image_embeds.double(), dim=-1) @ F.normalize(text_embeds.double(), dim=-1).T
+    return recall_from_similarity(image_to_text, ks)
+
+
+def recall_from_similarity(image_to_text: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Recall@K both ways from a paired [N, N] image-text similarity (row i's own text is column i), for
+    models whose similarity is not one cosine (the Q-Former's best query)."""
+    n = image_to_text.shape[0]
+    if image_to_text.ndim != 2 or image_to_text.shape[1] != n:
+        raise ValueError(f"recall_from_similarity needs a square [N, N] matrix, got {tuple(image_to_text.shape)}")
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+            raise ValueError(f"retrieval_recall: K={k!r} must be an integer in 1..{n} (the number of pairs)")
     recalls = {}
     for k in ks:
         recalls[f"i2t@{k}"] = float(_hit_rates(image_to_text, k).mean())

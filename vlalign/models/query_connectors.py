@@ -32,6 +32,7 @@ class QFormerConnector(Connector):
     max_text_length (32, BLIP-2's), dropout (0.1), freeze_former (stage-2 ablation: only the FC trains)."""
 
     needs_pixels = False
+    window = None  # no patch grid: a query is not tied to an image position (patch diagnostics skip it)
 
     def __init__(self, vision_dim: int, llm_dim: int, num_queries: int = 32, text_encoder: str = "minilm-l6",
                  cross_attention_every: int = 2, embed_dim: int = 256, max_text_length: int = 32,

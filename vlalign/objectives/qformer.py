@@ -142,10 +142,10 @@ class QFormerObjective(Objective):
         decoder_ids[:, 0] = self.connector.text_tokenizer.bos_token_id  # [DEC] replaces [CLS]
         states = self.connector.former.joint(queries, decoder_ids, mask, "multimodal_causal")
         text_states = states[:, queries.shape[1]:]
-        logits = self.connector.former.lm_logits(text_states[:, :-1])
-        targets = decoder_ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                               label_smoothing=self.options.itg_label_smoothing, ignore_index=-100)
+        predicting = mask[:, 1:].bool()  # logits only where a next token exists: the 30K-word head is costly
+        logits = self.connector.former.lm_logits(text_states[:, :-1][predicting])
+        return F.cross_entropy(logits.float(), decoder_ids[:, 1:][predicting],
+                               label_smoothing=self.options.itg_label_smoothing)
 
 
 @register_objective("xformer")

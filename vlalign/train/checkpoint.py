@@ -90,7 +90,7 @@ def save_checkpoint(target: str | Path, accelerator, *, model, objectives, confi
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-    accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()  # the staging folder exists before any rank writes into it
     resumable = optimizer is not None
     if resumable:
         torch.save({"rng": _rng_state(), **(rank_state or {})}, staging / f"rng_{accelerator.process_index}.pt")
@@ -101,6 +101,12 @@ def save_checkpoint(target: str | Path, accelerator, *, model, objectives, confi
         if resumable:
             torch.save(optimizer.state_dict(), staging / "optimizer.pt")
             torch.save(scheduler.state_dict(), staging / "scheduler.pt")
+    # Every rank's own files (rng_<rank>.pt) must be in the staging folder before the main process marks it
+    # complete and renames it into place: otherwise a slower rank writes into a folder that is already gone
+    # (it fails and the main process dies in the next barrier), or a crash leaves a "complete" checkpoint
+    # without that rank's RNG state.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
         fault_point("before_state")
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
         if target.exists():

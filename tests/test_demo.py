@@ -9,12 +9,12 @@ from vlalign.demo import TEST_SETS
 def test_quick_demo_writes_report_and_metrics(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--objectives",
-                 "generative,generative+eos_contrastive+prompt,generative+sea"]) == 0
+                 "generative,generative+eos_contrastive+prompt,generative+sea,xformer"]) == 0
     printed = capsys.readouterr().out
     assert "estimated" in printed and str(out / "report.md") in printed
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == ["generative", "generative+eos_contrastive+prompt", "generative+sea"]
+    assert list(metrics) == ["generative", "generative+eos_contrastive+prompt", "generative+sea", "xformer"]
     sea_log = [json.loads(line) for line in
                (out / "generative+sea" / "stage1" / "metrics.jsonl").read_text().splitlines()]
     assert all(row["sea_pairs"] >= 2 for row in sea_log)  # labels were made, read and sampled
@@ -39,6 +39,16 @@ def test_quick_demo_writes_report_and_metrics(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "## Headline (%)" in report and "POPE adversarial F1" in report and "blank image" in report
     assert "SEA patch labels" in report
+
+    # X-Former: demo MAE -> pre-training (4 terms, no LLM) -> retrieval -> LLM alignment -> instruction tuning
+    xformer = metrics["xformer"]
+    assert xformer["visual_tokens"] == 32 and xformer["mae"]["images"] == 48
+    assert set(xformer["terms"]) == {"itc", "itm", "itg", "reconstruction"}
+    assert xformer["retrieval"]["pairs"] == 16 and 0.0 <= xformer["retrieval"]["TR@1"] <= 1.0
+    align_log = (out / "xformer" / "stage1" / "metrics.jsonl").read_text()
+    assert '"generative"' in align_log and '"itc"' not in align_log
+    assert (out / "xformer" / "reconstruction_curve.png").stat().st_size > 1000
+    assert "## Q-Former / X-Former (seed 002)" in report and "xformer/reconstruction_curve.png" in report
 
 
 

@@ -254,3 +254,36 @@ def test_bad_query_configs_fail_clearly(tiny_config, tiny_query_models):
     qformer_model = VisionLanguageModel.from_config(_query_config(tiny_config, tiny_query_models).model)
     with pytest.raises(ConfigError, match="set model.connector: xformer"):
         build_objectives({"xformer": {}}, qformer_model)
+
+
+def test_shipped_xformer_presets_parse():
+    from pathlib import Path
+
+    from vlalign.config import load_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    pretrain = load_config(configs / "xformer-pretrain.yaml")
+    align = load_config(configs / "xformer-align.yaml")
+    assert pretrain.model.connector == align.model.connector == "xformer"
+    assert pretrain.model.connector_options == align.model.connector_options  # same module in both stages
+    assert set(pretrain.objectives) == {"xformer"} and set(align.objectives) == {"generative"}
+    assert align.train.init_from == f"{pretrain.train.output_dir}/final"
+
+
+def test_retrieval_from_similarity_and_from_a_query_model(tiny_config, tiny_query_models, toy_data):
+    from vlalign.eval.alignment import recall_from_similarity
+    from vlalign.eval.alignment_run import read_pairs
+    from vlalign.eval.query_retrieval import query_retrieval
+    from vlalign.models.vlm import VisionLanguageModel
+
+    assert recall_from_similarity(torch.eye(4), (1,)) == {"i2t@1": 1.0, "t2i@1": 1.0}
+    shifted = torch.eye(4).roll(1, dims=1) + 0.5 * torch.eye(4)  # own text second-best for every image
+    assert recall_from_similarity(shifted, (1, 2)) == {"i2t@1": 0.0, "t2i@1": 0.0, "i2t@2": 1.0, "t2i@2": 1.0}
+    model = VisionLanguageModel.from_config(_query_config(tiny_config, tiny_query_models).model).eval()
+    pairs, root = read_pairs(toy_data["stage1"], toy_data["image_root"], 8)
+    result = query_retrieval(model, pairs, root, batch_size=3)
+    assert result["pairs"] == 8 and all(0.0 <= result[k] <= 1.0 for k in ("TR@1", "TR@5", "IR@1", "IR@5"))
+    assert result["TR@1"] <= result["TR@5"] and result["IR@1"] <= result["IR@5"]
+    patch_model = VisionLanguageModel.from_config(tiny_config(1).model)
+    with pytest.raises(ConfigError, match="needs a qformer / xformer connector"):
+        query_retrieval(patch_model, pairs, root)

@@ -77,6 +77,41 @@ def sea_label_lines(name: str, summary: dict) -> list[str]:
             f"{summary['patches_without_label']} patches without a label. Most frequent top-1 labels: {common}."]
 
 
+def query_rows(runs: dict[str, dict]) -> list[str]:
+    """Seed 002's claims side by side: counting, existence, zero-shot retrieval after pre-training, terms."""
+    names = [n for n in runs if runs[n].get("retrieval")]
+    if not names:
+        return []
+
+    def with_blank(run: dict, pick) -> str:
+        try:
+            return f"{_pct(pick(run['eval']))} ({_pct(pick(run['text_only_baseline']))})"
+        except KeyError:  # a small evaluation subset without that question type
+            return "-"
+
+    def terms(run: dict) -> str:
+        return ", ".join(f"{term} {v['first']:.2f} -> {v['last']:.2f}" for term, v in run["terms"].items())
+
+    count = lambda e: e["gqa"]["by_type"]["count"]["accuracy"]  # noqa: E731
+    lines = ["| run | count acc | POPE random / popular / adversarial acc | TR@1 | TR@5 | IR@1 | IR@5 | "
+             "pre-training terms (first -> last logged) |", "|---|---:|---|---:|---:|---:|---:|---|"]
+    for name in names:
+        run = runs[name]
+        pope = " / ".join(with_blank(run, lambda e, s=split: e["pope"]["pope"][s]["accuracy"])
+                          for split in ("random", "popular", "adversarial"))
+        r = run["retrieval"]
+        lines.append(f"| `{name}` | {with_blank(run, count)} | {pope} | {_pct(r['TR@1'])} | {_pct(r['TR@5'])} | "
+                     f"{_pct(r['IR@1'])} | {_pct(r['IR@5'])} | {terms(run)} |")
+    chance = runs[names[0]]["retrieval"]["pairs"]
+    lines += ["", f"Retrieval: the pre-trained former alone (before any LLM), ITC similarity, {chance} held-out "
+              f"pairs (chance TR@1 = {100 / chance:.1f}%). Count and POPE: after instruction tuning, image "
+              "(blank image)."]
+    if any("reconstruction" in runs[n]["terms"] for n in names):
+        lines += ["", *(f"![{n} reconstruction loss]({n}/reconstruction_curve.png)" for n in names
+                        if "reconstruction" in runs[n]["terms"])]
+    return lines
+
+
 def detail_tables(name: str, run: dict) -> list[str]:
     lines = [f"### `{name}`: per question type (accuracy %, image vs. blank image)", "",
              "| benchmark | type | n | image | blank image |", "|---|---|---:|---:|---:|"]
@@ -94,7 +129,9 @@ def detail_tables(name: str, run: dict) -> list[str]:
     if run.get("sea_labels"):
         lines += ["", *sea_label_lines(name, run["sea_labels"])]
     lines += ["", f"### `{name}`: training", ""]
-    for stage in ("stage1", "stage2"):
+    for stage in ("pretrain", "stage1", "stage2"):
+        if stage not in run:
+            continue
         info = run[stage]
         lines.append(f"- {stage}: {info['steps']} steps, loss {info['first_loss']:.3f} -> {info['last_loss']:.3f}, "
                      f"{info['seconds']:.0f} s")
@@ -134,6 +171,11 @@ def render_report(runs: dict[str, dict], info: dict) -> str:
                   "(shape) word in the LLM input space is the object's colour (shape); chance levels are in each "
                   "objective's section.", "",
                   *alignment_rows(runs), ""]
+    if query_rows(runs):
+        lines += ["## Q-Former / X-Former (seed 002)", "",
+                  "Pre-training (ITC + ITM + ITG, + MAE reconstruction for X-Former, no LLM), then LLM alignment "
+                  "through one FC layer (the former trains too), then the same instruction tuning as every run.",
+                  "", *query_rows(runs), ""]
     for name, run in runs.items():
         lines += [f"## Objective `{name}`", "", *detail_tables(name, run), ""]
         for stage, result in (run.get("alignment") or {}).items():

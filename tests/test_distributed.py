@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import torch
@@ -53,3 +54,103 @@ def test_ddp_two_processes_train_and_resume_exactly(tiny_config, tmp_path):
     assert expected.keys() == got.keys()
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
+
+
+# One save_checkpoint on two gloo processes, where rank 1 is slow to write its RNG file (as an overloaded
+# machine makes it now and then): rank 0 must not mark the staging folder complete and rename it into place
+# before rank 1's file is in it.
+SLOW_RANK_SAVE = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    from types import SimpleNamespace
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from vlalign.config import load_config
+    from vlalign.train import checkpoint as ckpt
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+
+    class Accelerator:
+        distributed_type = SimpleNamespace(value="MULTI_CPU")
+        process_index = rank
+        is_main_process = rank == 0
+
+        def wait_for_everyone(self):
+            dist.barrier()
+
+    class Tokenizer:
+        def save_pretrained(self, folder):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+
+    if rank == 1:
+        rng_state = ckpt._rng_state
+        ckpt._rng_state = lambda: (time.sleep(1.0), rng_state())[1]
+    model = nn.Linear(2, 2)
+    model.tokenizer = Tokenizer()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    ckpt.save_checkpoint(Path(sys.argv[1]) / "checkpoint-000001", Accelerator(), model=model,
+                         objectives=nn.ModuleDict(), config=load_config(None, []), state={"step": 1},
+                         optimizer=optimizer, scheduler=scheduler, rank_state={"truncated": rank})
+    dist.destroy_process_group()
+""")
+
+
+def test_checkpoint_waits_for_every_rank_before_it_is_published(tmp_path):
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    ranks = [subprocess.Popen([sys.executable, "-c", SLOW_RANK_SAVE, str(tmp_path)], env={**env, "RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outputs = [rank.communicate(timeout=120) for rank in ranks]
+    for rank, (_, stderr) in zip(ranks, outputs):
+        assert rank.returncode == 0, stderr[-3000:]
+    checkpoint = ckpt.latest_checkpoint(tmp_path)
+    assert checkpoint == tmp_path / "checkpoint-000001" and not (tmp_path / ".checkpoint-000001.tmp").exists()
+    for r in (0, 1):
+        assert torch.load(checkpoint / f"rng_{r}.pt", weights_only=False)["truncated"] == r
+
+
+# A tensor handed to a collective and dropped by Python is freed by gloo's worker thread, which needs the GIL for
+# it; at interpreter exit that aborts the process (SIGABRT). quiesce() must wait until the backend let go of every
+# tracked tensor. Rank 1 joins the collective a second late, so rank 0's worker holds the tensor that long.
+QUIESCE = textwrap.dedent("""
+    import time, weakref
+    import torch
+    import torch.distributed as dist
+    from vlalign import distributed
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    if rank == 1:
+        time.sleep(1.0)
+    tensor = torch.ones(3)
+    work = dist.all_reduce(tensor, async_op=True)
+    if rank == 0:
+        distributed._track(tensor)
+        probe = weakref.ref(tensor)
+        del tensor, work
+        assert probe() is not None, "the backend should still hold the tensor"
+        start = time.monotonic()
+        distributed.quiesce()
+        assert probe() is None and time.monotonic() - start > 0.5, time.monotonic() - start
+        # The helpers track what they hand over; after quiesce nothing of theirs is left with the backend.
+        assert distributed.gather_objects([rank]) == [0, 1] and distributed.mean_over_ranks([rank], "cpu") == [0.5]
+        distributed.gather_rows(torch.ones(rank + 1, 2))
+        distributed.quiesce()
+        assert not distributed._handed_over
+    else:
+        work.wait()
+        assert distributed.gather_objects([rank]) == [0, 1] and distributed.mean_over_ranks([rank], "cpu") == [0.5]
+        distributed.gather_rows(torch.ones(rank + 1, 2))
+    dist.destroy_process_group()
+""")
+
+
+def test_quiesce_waits_until_the_backend_let_go_of_tracked_tensors():
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    ranks = [subprocess.Popen([sys.executable, "-c", QUIESCE], env={**env, "RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outputs = [rank.communicate(timeout=120) for rank in ranks]
+    for rank, (_, stderr) in zip(ranks, outputs):
+        assert rank.returncode == 0, stderr[-3000:]

@@ -15,6 +15,7 @@ from vlalign.config import RunConfig, dump_config
 from vlalign.data.build import build_dataset
 from vlalign.data.dataset import Collator, LengthGroupedBatchSampler
 from vlalign.data.llava_json import SkipReport
+from vlalign.distributed import gather_objects, mean_over_ranks, quiesce
 from vlalign.errors import ConfigError, DataError
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.objectives import build_objectives
@@ -201,6 +202,9 @@ def train(config: RunConfig, resume: bool | str | None = None) -> Path:
         logger.close()  # also on errors, so the bar and metrics.jsonl are closed
     final = save(output_dir / "final", resumable=False)
     _report_data(accelerator, output_dir, load_skips, skips, truncated)
+    # The last collectives are behind us: before this process may exit, let the process-group backend let go of
+    # their tensors (vlalign.distributed explains the abort at interpreter exit this prevents).
+    quiesce()
     accelerator.end_training()
     accelerator.print(f"[vlalign] stage {tc.stage} done: {final}")
     return final
@@ -209,12 +213,10 @@ def train(config: RunConfig, resume: bool | str | None = None) -> Path:
 def _report_data(accelerator, output_dir: Path, load_skips: SkipReport, skips: SkipReport,
                  truncated: int) -> None:
     """Skipped records (distinct, over all ranks) and truncations, printed and written to data_report.json."""
-    from accelerate.utils import gather_object
-
     total = SkipReport()
     total.merge(load_skips)
     all_truncated = 0
-    for rank_skips, rank_truncated in gather_object([(skips, truncated)]):
+    for rank_skips, rank_truncated in gather_objects([(skips, truncated)]):
         total.merge(rank_skips)
         all_truncated += rank_truncated
     accelerator.print(f"[vlalign] {total.summary()}; {all_truncated} samples truncated")
@@ -253,9 +255,7 @@ class StepLogger:
             return
         averages = {name: total / self.count for name, total in self.sums.items()}
         # One collective per log window, not per step.
-        stacked = self.accelerator.reduce(torch.tensor(list(averages.values()), device=self.accelerator.device),
-                                          reduction="mean")
-        averages = dict(zip(averages, stacked.tolist()))
+        averages = dict(zip(averages, mean_over_ranks(list(averages.values()), self.accelerator.device)))
         elapsed = time.perf_counter() - self.window_start
         averages["samples_per_s"] = self.samples * self.accelerator.num_processes / max(elapsed, 1e-9)
         averages["lr"] = lr

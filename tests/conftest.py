@@ -107,8 +107,11 @@ def tiny_query_models(tmp_path_factory) -> dict[str, str]:
                                                  ("[SEP]", backend.token_to_id("[SEP]"))])
     tokenizer = BertTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    # initializer_range 0.2, not BERT's 0.02: at 0.02 a random 32-wide BERT passes almost nothing between
+    # tokens (every caption's [CLS] comes out the same), a poor stand-in for a pretrained encoder.
     bert = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                                num_attention_heads=4, intermediate_size=64, max_position_embeddings=64))
+                                num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                                initializer_range=0.2))
     bert.save_pretrained(root / "bert")
     tokenizer.save_pretrained(root / "bert")
     mae = ViTMAEForPreTraining(ViTMAEConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,

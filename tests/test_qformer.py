@@ -287,3 +287,25 @@ def test_retrieval_from_similarity_and_from_a_query_model(tiny_config, tiny_quer
     patch_model = VisionLanguageModel.from_config(tiny_config(1).model)
     with pytest.raises(ConfigError, match="needs a qformer / xformer connector"):
         query_retrieval(patch_model, pairs, root)
+
+
+def test_the_three_terms_can_learn_a_fixed_batch(tiny_config, tiny_query_models):
+    """Optimising one batch drives ITC, ITM and ITG down: the terms are wired to trainable parameters."""
+    config = _query_config(tiny_config, tiny_query_models)
+    config.model.connector_options["dropout"] = 0.0
+    module, dataset, batch = _model_and_batch(config)
+    for objective in module.objectives.values():
+        objective.prepare(module.model, dataset, accelerator=None)
+    module.train()
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(80):
+        total, losses, _ = module(batch)
+        first = first or {k: v.item() for k, v in losses.items()}
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    with torch.no_grad():
+        _, last, _ = module(batch)
+    for term in ("itc", "itm", "itg"):
+        assert last[term].item() < 0.6 * first[term], (term, first[term], last[term].item())

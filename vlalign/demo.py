@@ -77,7 +77,8 @@ PRESETS = {
                     alignment_pairs=16, dual_encoder_epochs=2, sea_words="shapes"),  # 64K words: +1 min
 }
 # Seconds per sample measured here (2-core x86_64 with AVX512-BF16, training under bf16 autocast).
-COST_PER_SAMPLE = {"stage1": 0.12, "stage2": 0.42, "eval": 0.14, "image": 0.03, "alignment": 0.14}
+COST_PER_SAMPLE = {"stage1": 0.12, "stage2": 0.42, "eval": 0.14, "image": 0.03, "alignment": 0.14,
+                   "query_pretrain": 0.09, "mae": 0.012}
 # Stage-2 LoRA learning rate. LLaVA's 2e-4 is tuned for 7B models and thousands of steps; with the demo's
 # ~125-175 steps a sweep (GPU, same data and seeds) gave GQA-style accuracy 0.32 / 0.31 / 0.36 at 2e-4 / 5e-4
 # / 1e-3, and the blank-image baseline 0.27 / 0.28 / 0.32.
@@ -95,12 +96,15 @@ def training_precision() -> str:
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
 
 
-def estimate_seconds(preset: Preset, n_objectives: int) -> float:
+def estimate_seconds(preset: Preset, names: list[str]) -> float:
     per_run = (preset.stage1_records * preset.stage1_epochs * COST_PER_SAMPLE["stage1"] + preset.stage2_records * COST_PER_SAMPLE["stage2"]
                + 2 * len(TEST_SETS) * preset.eval_per_set * COST_PER_SAMPLE["eval"]
                + 2 * preset.alignment_pairs * COST_PER_SAMPLE["alignment"] + 60)
+    query_runs = sum(name in ("qformer", "xformer") for name in names)  # + pre-training (and the MAE once)
+    query = (query_runs * preset.stage1_records * preset.query_pretrain_epochs * COST_PER_SAMPLE["query_pretrain"]
+             + ("xformer" in names) * preset.n_train * preset.mae_epochs * COST_PER_SAMPLE["mae"])
     world_and_encoder = (preset.n_train + preset.n_test) * COST_PER_SAMPLE["image"] * 2 + 20
-    return world_and_encoder + n_objectives * per_run
+    return world_and_encoder + len(names) * per_run + query
 
 
 def _subset(records: list, limit: int, seed: int) -> list:
@@ -260,7 +264,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, objectives: list[str
     preset = PRESETS[preset_name]
     names = resolve_objectives(objectives)
     print(f"[demo] preset {'quick' if quick else 'full'}: {preset.n_train} train / {preset.n_test} test images, "
-          f"objectives {names}; estimated {estimate_seconds(preset, len(names)) / 60:.0f} min on a 2-core CPU "
+          f"objectives {names}; estimated {estimate_seconds(preset, names) / 60:.0f} min on a 2-core CPU "
           f"(+~30 s the first time, to convert the packaged SmolLM2 GGUF)")
     world = out / "world"
     if not is_cached(world, preset.n_train, preset.n_test, seed):

@@ -243,6 +243,10 @@ def test_bad_query_configs_fail_clearly(tiny_config, tiny_query_models):
                          f"model.connector_options={{text_encoder: {tiny_query_models['bert']}}}")
     with pytest.raises(ConfigError, match="xformer needs model.connector_options.mae"):
         VisionLanguageModel.from_config(config.model)
+    config = tiny_config(1, "model.connector=xformer", f"model.connector_options={{text_encoder: "
+                         f"{tiny_query_models['bert']}, mae: {tiny_query_models['mae']}, mask_ratio: 1.5}}")
+    with pytest.raises(ConfigError, match="mask_ratio must be in \\(0, 1\\), got 1.5"):
+        VisionLanguageModel.from_config(config.model)
     former, _ = build_query_former(tiny_query_models["bert"], 4, 16)
     with pytest.raises(ValueError, match="vision features have 24 channels.*built for 16"):
         former.encode_queries(torch.randn(1, 5, 24))

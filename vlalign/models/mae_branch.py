@@ -61,10 +61,6 @@ def load_mae(source: str):
         mean, std = tuple(processor.image_mean), tuple(processor.image_std)
     except (OSError, ValueError, AttributeError):
         mean, std = IMAGENET_MEAN, IMAGENET_STD  # folders without a preprocessor config
-    decoder_in = mae.decoder.decoder_embed.in_features
-    if decoder_in != mae.config.hidden_size:
-        raise ConfigError(f"MAE {source!r}: decoder expects {decoder_in}-wide encoder features, the encoder "
-                          f"gives {mae.config.hidden_size}")
     return mae.eval().requires_grad_(False), mean, std
 
 

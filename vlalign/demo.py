@@ -2,7 +2,8 @@
 
 1. generate the shapes world (cached when present);  2. train the demo dual encoder and report its
 zero-shot retrieval;  3. per objective run: stage 1 (connector) and stage 2 (LoRA) with the packaged
-EfficientNet-Lite0 + SmolLM2-135M-Instruct;  4. evaluate on the held-out benchmark-style sets, with the
+EfficientNet-Lite0 + SmolLM2-135M-Instruct (the `qformer` / `xformer` runs first pre-train their query
+connector, see demo_query.py);  4. evaluate on the held-out benchmark-style sets, with the
 real images and with blank images (the text-only baseline);  5. write report.md + metrics.json.
 """
 

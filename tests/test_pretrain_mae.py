@@ -14,7 +14,8 @@ from PIL import Image
 
 from vlalign.cli import main
 from vlalign.errors import ConfigError, DataError
-from vlalign.mae.pretrain import IMAGENET_MEAN, pretrain_mae
+from vlalign.data.images import IMAGENET_MEAN
+from vlalign.mae.pretrain import pretrain_mae
 
 # 32 px, 8 px patches = 16 patches, 4 kept at mask ratio 0.75: milliseconds per step on a CPU.
 TINY = dict(image_size=32, patch_size=8, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,

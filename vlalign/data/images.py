@@ -8,6 +8,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+# ImageNet statistics (timm's IMAGENET_DEFAULT_MEAN/STD, MAE's and ViT's image processors).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 class ImageTransform:
     """PIL image -> normalised [3, S, S] float tensor.

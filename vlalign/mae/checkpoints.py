@@ -4,6 +4,7 @@ Layout of `out/checkpoint-<step:06d>/`:
   config.json, model.safetensors   `save_pretrained` of the ViTMAEForPreTraining
   optimizer.pt, scheduler.pt, rng.pt
   trainer_state.json               step, epoch, position, recipe; written last, so it marks a complete folder
+The names are those of vlalign.train.checkpoint, whose listing and pruning of complete checkpoints serve here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -19,9 +19,8 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from vlalign.errors import ConfigError
+from vlalign.train.checkpoint import STATE_FILE, prune_checkpoints
 
-STATE_FILE = "trainer_state.json"
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 KEEP_CHECKPOINTS = 2
 
 
@@ -49,15 +48,6 @@ def write_folder_atomically(target: Path, write) -> Path:
     return target
 
 
-def complete_checkpoints(out: Path) -> list[tuple[int, Path]]:
-    found = []
-    for folder in out.glob("checkpoint-*"):
-        match = CHECKPOINT_PATTERN.match(folder.name)
-        if match and (folder / STATE_FILE).is_file():
-            found.append((int(match.group(1)), folder))
-    return sorted(found)
-
-
 def save_checkpoint(out: Path, model, optimizer, scheduler, state: dict) -> Path:
     def write(staging: Path) -> None:
         with quiet_hf_progress():
@@ -68,8 +58,7 @@ def save_checkpoint(out: Path, model, optimizer, scheduler, state: dict) -> Path
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     target = write_folder_atomically(out / f"checkpoint-{state['step']:06d}", write)
-    for _, folder in complete_checkpoints(out)[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(folder, ignore_errors=True)
+    prune_checkpoints(out, KEEP_CHECKPOINTS)
     return target
 
 

@@ -21,15 +21,13 @@ from tqdm.auto import tqdm
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
 from vlalign.config import TrainConfig
-from vlalign.data.images import ImageTransform, load_image
+from vlalign.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, load_image
 from vlalign.errors import ConfigError, DataError
-from vlalign.mae.checkpoints import (complete_checkpoints, quiet_hf_progress, restore_checkpoint,
-                                     save_checkpoint, write_folder_atomically)
+from vlalign.mae.checkpoints import quiet_hf_progress, restore_checkpoint, save_checkpoint, write_folder_atomically
+from vlalign.train.checkpoint import latest_checkpoint
 from vlalign.train.optim import build_scheduler
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def find_images(folder: str | Path) -> list[Path]:
@@ -170,12 +168,12 @@ def pretrain_mae(images: str | Path, out: str | Path, *, image_size: int = 224, 
 
     metrics_file = out / "metrics.jsonl"
     step, epoch, position = 0, 0, 0
-    checkpoints = complete_checkpoints(out) if out.is_dir() else []
-    if checkpoints and not resume:
-        raise ConfigError(f"{out} holds checkpoints of an earlier run ({checkpoints[-1][1].name}); pass "
+    latest = latest_checkpoint(out)
+    if latest is not None and not resume:
+        raise ConfigError(f"{out} holds checkpoints of an earlier run ({latest.name}); pass "
                           "resume=True (--resume) to continue it, or choose another folder")
-    if checkpoints:
-        state = restore_checkpoint(checkpoints[-1][1], model, optimizer, scheduler, recipe)
+    if latest is not None:
+        state = restore_checkpoint(latest, model, optimizer, scheduler, recipe)
         step, epoch, position = state["step"], state["epoch"], state["position"]
     out.mkdir(parents=True, exist_ok=True)
     # Rows logged after the checkpoint (by the interrupted run) would be logged again: drop them.

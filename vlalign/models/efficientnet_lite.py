@@ -31,10 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# timm's pretrained_cfg for efficientnet_lite0 uses IMAGENET_DEFAULT_MEAN/STD
-# (unlike tf_efficientnet_lite0, which uses 0.5/0.5).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# timm's pretrained_cfg for efficientnet_lite0 uses ImageNet's mean/std (vlalign.data.images.IMAGENET_*),
+# unlike tf_efficientnet_lite0, which uses 0.5/0.5.
 # The packaged file is a port of Google's TF-Lite weights, trained on inputs scaled to [-1, 1]: with
 # these constants the stem's output variance on natural images is ~1.1x its stored BN running variance,
 # against ~5.4x with the ImageNet ones. vlalign's packaged tower uses these; `timm:` towers use timm's.

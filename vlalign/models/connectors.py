@@ -146,11 +146,16 @@ class AvgPoolConnector(Connector):
         return self.linear(self.prepared(vision_tokens, grid))
 
 
-def build_connector(name: str, vision_dim: int, llm_dim: int, options: dict | None = None) -> Connector:
+def build_connector(name: str, vision_dim: int, llm_dim: int, options: dict | None = None,
+                    tower_stats: tuple | None = None) -> Connector:
+    """`tower_stats`: the tower's pixel (mean, std), handed to connectors that read the images themselves."""
     import vlalign.models.query_connectors  # noqa: F401  registers qformer / xformer
     if name not in CONNECTORS:
         raise ConfigError(f"unknown connector {name!r}; registered: {', '.join(sorted(CONNECTORS))}")
+    options = dict(options or {})
+    if CONNECTORS[name].needs_pixels and tower_stats is not None:
+        options.update(tower_mean=tower_stats[0], tower_std=tower_stats[1])
     try:
-        return CONNECTORS[name](vision_dim, llm_dim, **(options or {}))
+        return CONNECTORS[name](vision_dim, llm_dim, **options)
     except TypeError as exc:
         raise ConfigError(f"connector {name!r}: bad model.connector_options {options}: {exc}") from exc

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlalign.data.images import IMAGENET_MEAN, IMAGENET_STD
 from vlalign.errors import ConfigError
 from vlalign.models.query_former import AttentionBlock, FeedForward
 from vlalign.objectives.functional import masked_patch_mse
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class CrossBlock(nn.Module):
@@ -91,7 +91,9 @@ class MaeBranch(nn.Module):
         return (pixels - self.mae_mean) / self.mae_std
 
     def _encode(self, pixels: torch.Tensor, mask_ratio: float):
-        """MAE encoder on a random `mask_ratio` of removed patches (0: the whole image)."""
+        """MAE encoder on a random `mask_ratio` of removed patches (0: the whole image). Not HF's embeddings
+        forward: its masking reads the ratio from the model's config (0.75 for a pretrained MAE), while
+        X-Former masks 0.5 and the alignment stage none; the steps are the same (positions, shuffle, keep)."""
         embeddings = self.mae.vit.embeddings
         positions = embeddings.position_embeddings
         patches = embeddings.patch_embeddings(pixels) + positions[:, 1:]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vlalign.data.images import IMAGENET_MEAN, IMAGENET_STD
 from vlalign.errors import ConfigError
 from vlalign.models.connectors import Connector, register_connector
 from vlalign.models.query_former import build_query_former
@@ -31,7 +32,6 @@ class QFormerConnector(Connector):
     BLIP-2 uses bert-base-uncased), cross_attention_every (2), embed_dim (ITC projection width, 256),
     max_text_length (32, BLIP-2's), dropout (0.1), freeze_former (stage-2 ablation: only the FC trains)."""
 
-    needs_pixels = False
     window = None  # no patch grid: a query is not tied to an image position (patch diagnostics skip it)
 
     def __init__(self, vision_dim: int, llm_dim: int, num_queries: int = 32, text_encoder: str = "minilm-l6",
@@ -49,6 +49,7 @@ class QFormerConnector(Connector):
         self.itm_head = nn.Linear(hidden, 2)
         self.language_projection = nn.Linear(hidden, llm_dim)  # the stage-2 FC layer into the LLM
         self.max_text_length = max_text_length
+        self.dropout = dropout
         self.freeze_former = freeze_former
         self.reconstruct = False  # set by the xformer objective for stage 1
 
@@ -93,7 +94,7 @@ class XFormerConnector(QFormerConnector):
     needs_pixels = True
 
     def __init__(self, vision_dim: int, llm_dim: int, mae: str | None = None, mask_ratio: float = 0.5,
-                 tower_mean=(0.485, 0.456, 0.406), tower_std=(0.229, 0.224, 0.225), **options):
+                 tower_mean=IMAGENET_MEAN, tower_std=IMAGENET_STD, **options):
         super().__init__(vision_dim, llm_dim, **options)
         if not mae:
             raise ConfigError("connector xformer needs model.connector_options.mae: a ViTMAEForPreTraining "
@@ -102,7 +103,7 @@ class XFormerConnector(QFormerConnector):
 
         heads = self.former.layer[0].attention.heads
         self.mae_branch = MaeBranch(mae, self.former.hidden_size, heads, mask_ratio, tower_mean, tower_std,
-                                    options.get("dropout", 0.1))
+                                    self.dropout)
 
     def frozen_modules(self) -> list[nn.Module]:
         return [*super().frozen_modules(), *self.mae_branch.frozen_modules()]

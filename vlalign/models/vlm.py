@@ -58,10 +58,8 @@ class VisionLanguageModel(nn.Module):
         language_model, tokenizer, image_token_id = load_llm(config.llm, config.image_token,
                                                              config.attn_implementation)
         llm_dim = language_model.get_input_embeddings().weight.shape[1]
-        options = dict(config.connector_options)
-        if config.connector == "xformer":  # its MAE branch re-normalises the tower's pixels
-            options.update(tower_mean=tower.image_mean, tower_std=tower.image_std)
-        connector = build_connector(config.connector, tower.hidden_size, llm_dim, options)
+        connector = build_connector(config.connector, tower.hidden_size, llm_dim, config.connector_options,
+                                    tower_stats=(tower.image_mean, tower.image_std))
         if config.gradient_checkpointing:
             # Non-reentrant, so a frozen LLM fed trainable visual tokens still gets gradients through.
             if hasattr(language_model, "activation_checkpointing_enable"):  # transformers >= 5.x name

@@ -161,8 +161,8 @@ def run_objective(name: str, objectives: dict, world: Path, run_dir: Path, prese
     objective_sets, connector_sets, query = [f"objectives={json.dumps(objectives)}"], [], {}
     if name in QUERY_RUNS:  # pre-training first; "stage 1" is then the paper's LLM alignment
         connector_sets = connector_overrides(name, mae_folder)
-        pretrained, query = pretrain_query_former(name, world, run_dir, common, preset.query_pretrain_epochs,
-                                                  preset.alignment_pairs, mae_folder)
+        pretrained, query = pretrain_query_former(name, world, run_dir, [*common, *connector_sets],
+                                                  preset.query_pretrain_epochs, preset.alignment_pairs)
         objective_sets = ['objectives={"generative": {"weight": 1.0}}', f"train.init_from={pretrained}",
                           f"train.lr={ALIGN_LR}"]
     # Stage 1 keeps the quickstart's batch 8 / lr 1e-3 and runs 2 epochs (375 updates): with 1 epoch of

@@ -11,7 +11,6 @@ reports zero-shot retrieval of the pre-trained model (seed 002 Table 8 style) an
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 QUERY_RUNS = {"qformer": "qformer", "xformer": "xformer"}  # demo run -> connector (= its pre-training objective)
@@ -73,23 +72,19 @@ def reconstruction_curve(metrics_file: Path, png: Path) -> dict:
     return {term: {"first": points[0][1], "last": points[-1][1], "points": points} for term, points in curves.items()}
 
 
-def pretrain_query_former(name: str, world: Path, run_dir: Path, common: list[str], epochs: int,
-                          retrieval_pairs: int, mae_folder: Path | None) -> tuple[Path, dict]:
-    """Stage "pre-training"; returns its final checkpoint (LLM alignment starts from it) and a report."""
-    from vlalign.config import load_config
-    from vlalign.demo import CONFIGS, _stage_summary
+def pretrain_query_former(name: str, world: Path, run_dir: Path, overrides: list[str], epochs: int,
+                          retrieval_pairs: int) -> tuple[Path, dict]:
+    """Stage "pre-training"; returns its final checkpoint (LLM alignment starts from it) and a report.
+    `overrides`: the run's common settings and its connector (`connector_overrides`)."""
+    from vlalign.demo import _stage_summary, _train_stage
     from vlalign.eval.alignment_run import read_pairs
     from vlalign.eval.query_retrieval import query_retrieval
     from vlalign.generate import load_checkpoint_model
-    from vlalign.train.loop import train
 
-    connector = connector_overrides(name, mae_folder)
-    started = time.perf_counter()
-    final = train(load_config(CONFIGS / "quickstart-stage1.yaml", [
-        *common, *connector, f"data.train_file={run_dir / 'stage1_train.json'}",
-        f"train.output_dir={run_dir / 'pretrain'}", f"train.epochs={epochs}", f"train.batch_size={PRETRAIN_BATCH}",
-        f"train.lr={PRETRAIN_LR}", f"objectives={json.dumps({QUERY_RUNS[name]: {}})}"]))
-    seconds = time.perf_counter() - started
+    final, seconds = _train_stage("quickstart-stage1.yaml", [
+        *overrides, f"data.train_file={run_dir / 'stage1_train.json'}", f"train.output_dir={run_dir / 'pretrain'}",
+        f"train.epochs={epochs}", f"train.batch_size={PRETRAIN_BATCH}", f"train.lr={PRETRAIN_LR}",
+        f"objectives={json.dumps({QUERY_RUNS[name]: {}})}"])
     model, _ = load_checkpoint_model(final)
     pairs, root = read_pairs(world / "test" / "captions.json", world, retrieval_pairs)
     report = {"pretrain": _stage_summary(run_dir / "pretrain", seconds),

@@ -32,19 +32,14 @@ import time
 from pathlib import Path
 
 from _env import REPO  # offline env + repo on sys.path, before torch and vlalign
+from _training import training_setup  # noqa: E402
 
 import torch  # noqa: E402
 
 from vlalign.config import load_config  # noqa: E402
-from vlalign.data.build import build_dataset  # noqa: E402
-from vlalign.data.dataset import Collator  # noqa: E402
-from vlalign.data.llava_json import SkipReport  # noqa: E402
 from vlalign.models import eos_embedding  # noqa: E402
 from vlalign.models.vlm import VisionLanguageModel  # noqa: E402
-from vlalign.objectives import build_objectives  # noqa: E402
-from vlalign.objectives.base import data_requirements  # noqa: E402
 from vlalign.objectives.functional import info_nce  # noqa: E402
-from vlalign.train.loop import TrainingModule  # noqa: E402
 from vlalign.train.stages import apply_tune  # noqa: E402
 
 CONFIGS = {
@@ -54,26 +49,6 @@ CONFIGS = {
     "cg_contrastive": {"generative": {}, "cg_contrastive": {}},
     "sea": {"generative": {}, "sea": {}},  # labels: made by _sea_labels below (cached, as in training)
 }
-
-
-class _SingleProcess:
-    is_main_process = True
-
-    def main_process_first(self):
-        import contextlib
-
-        return contextlib.nullcontext()
-
-
-def _setup(model, config, objectives: dict, batch_size: int):
-    built = build_objectives(objectives, model)
-    dataset = build_dataset(config, model, SkipReport(), data_requirements(built))
-    for objective in built.values():
-        objective.prepare(model, dataset, _SingleProcess())
-    batch = Collator(model.tokenizer.pad_token_id)([dataset[i] for i in range(batch_size)])
-    module = TrainingModule(model, built)
-    module.train()
-    return module, batch
 
 
 def _step(module, batch) -> float:
@@ -130,7 +105,7 @@ def main(argv=None) -> dict:
     apply_tune(model, 1, config.train.tune)
     labels, labelling = _sea_labels(work / "world", work / "labels", config.model)
     extra = {"eos_contrastive": {"text_cache": str(work / "cache")}, "sea": {"labels": str(labels)}}
-    setups = {name: _setup(model, config, {k: {**v, **extra.get(k, {})} for k, v in objectives.items()}, args.batch)
+    setups = {name: training_setup(model, config, {k: {**v, **extra.get(k, {})} for k, v in objectives.items()}, args.batch)
               for name, objectives in CONFIGS.items()}
     text_rows = torch.from_numpy(
         setups["eos_contrastive"][0].objectives["eos_contrastive"].text_embeddings[setups["generative"][1].indices]).float()

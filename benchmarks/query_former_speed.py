@@ -30,17 +30,12 @@ import time
 from pathlib import Path
 
 from _env import REPO  # offline env + repo on sys.path, before torch and vlalign
+from _training import training_setup  # noqa: E402
 
 import torch  # noqa: E402
 
 from vlalign.config import load_config  # noqa: E402
-from vlalign.data.build import build_dataset  # noqa: E402
-from vlalign.data.dataset import Collator  # noqa: E402
-from vlalign.data.llava_json import SkipReport  # noqa: E402
 from vlalign.models.vlm import VisionLanguageModel  # noqa: E402
-from vlalign.objectives import build_objectives  # noqa: E402
-from vlalign.objectives.base import data_requirements  # noqa: E402
-from vlalign.train.loop import TrainingModule  # noqa: E402
 from vlalign.train.stages import apply_tune  # noqa: E402
 
 NAMES = ("qformer", "xformer")
@@ -60,13 +55,9 @@ def _setup(name: str, work: Path, batch_size: int):
     torch.manual_seed(0)
     model = VisionLanguageModel.from_config(config.model)
     apply_tune(model, 1, config.train.tune)
-    objectives = build_objectives(config.objectives, model)
-    dataset = build_dataset(config, model, SkipReport(), data_requirements(objectives))
-    for objective in objectives.values():
-        objective.prepare(model, dataset, None)
+    module, batch = training_setup(model, config, config.objectives, batch_size)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    module = TrainingModule(model, objectives).to(device).train()
-    batch = Collator(model.tokenizer.pad_token_id)([dataset[i] for i in range(batch_size)]).to(device)
+    module, batch = module.to(device), batch.to(device)
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     return module, batch, trainable
 

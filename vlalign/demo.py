@@ -188,6 +188,17 @@ def run_objective(name: str, objectives: dict, world: Path, run_dir: Path, prese
             "text_only_baseline": baseline, "samples": samples, "alignment": alignment, **query}
 
 
+SETTINGS_FILE = "demo_settings.json"
+
+
+def saved_settings(folder: Path, settings: dict) -> dict | None:
+    """What an earlier demo run recorded in `folder` when it made that folder's model with these same
+    `settings` (it may add more, e.g. its time); None when it made it otherwise or not at all."""
+    path = folder / SETTINGS_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    return saved if saved and {key: saved.get(key) for key in settings} == settings else None
+
+
 def _dual_encoder(world: Path, folder: Path, preset: Preset, seed: int) -> dict:
     """Train the demo dual encoder, or reuse the one a previous demo run left for the same world."""
     from vlalign.dual_encoder.train import train_dual_encoder
@@ -195,8 +206,8 @@ def _dual_encoder(world: Path, folder: Path, preset: Preset, seed: int) -> dict:
     started = time.perf_counter()
     report_path = folder / "report.json"
     settings = {"epochs": preset.dual_encoder_epochs, "seed": seed, "world": json.loads((world / "manifest.json").read_text())}
-    saved = json.loads((folder / "demo_settings.json").read_text()) if (folder / "demo_settings.json").is_file() else {}
-    if report_path.is_file() and {key: saved.get(key) for key in settings} == settings:
+    saved = saved_settings(folder, settings)
+    if report_path.is_file() and saved is not None:
         print(f"[demo] reusing the dual encoder in {folder}")
         report = json.loads(report_path.read_text())
         seconds, reused = saved.get("seconds", 0.0), True
@@ -204,7 +215,7 @@ def _dual_encoder(world: Path, folder: Path, preset: Preset, seed: int) -> dict:
         report = train_dual_encoder(world / "stage1.json", world, folder, epochs=preset.dual_encoder_epochs, seed=seed,
                                     test_json=world / "test" / "captions.json")
         seconds, reused = time.perf_counter() - started, False
-        (folder / "demo_settings.json").write_text(json.dumps({**settings, "seconds": seconds}))
+        (folder / SETTINGS_FILE).write_text(json.dumps({**settings, "seconds": seconds}))
     return {"retrieval": report["test"]["retrieval"], "modality_gap": report["test"]["modality_gap"],
             "seconds": seconds, "reused": reused}
 

@@ -30,13 +30,13 @@ def connector_overrides(name: str, mae_folder: Path | None) -> list[str]:
 
 def demo_mae(world: Path, out: Path, epochs: int, seed: int) -> tuple[Path, dict]:
     """A small MAE pre-trained on the world's training images (reused when the settings match)."""
+    from vlalign.demo import SETTINGS_FILE, saved_settings
     from vlalign.mae.pretrain import pretrain_mae
 
     folder = out / "mae"
     settings = {"epochs": epochs, "seed": seed, "world": json.loads((world / "manifest.json").read_text())["params"]}
-    settings_file = folder / "demo_settings.json"
     summary_file = folder / "final" / "summary.json"
-    if summary_file.is_file() and settings_file.is_file() and json.loads(settings_file.read_text()) == settings:
+    if summary_file.is_file() and saved_settings(folder, settings) is not None:
         print(f"[demo] reusing the MAE in {folder}")
         return folder / "final", {**json.loads(summary_file.read_text()), "reused": True}
     if folder.exists():
@@ -44,7 +44,7 @@ def demo_mae(world: Path, out: Path, epochs: int, seed: int) -> tuple[Path, dict
 
         shutil.rmtree(folder)  # other settings: its checkpoints must not be resumed
     final = pretrain_mae(world / "images" / "train", folder, epochs=epochs, seed=seed)
-    settings_file.write_text(json.dumps(settings))
+    (folder / SETTINGS_FILE).write_text(json.dumps(settings))
     return final, json.loads((final / "summary.json").read_text())
 
 

@@ -171,11 +171,12 @@ def render_report(runs: dict[str, dict], info: dict) -> str:
                   "(shape) word in the LLM input space is the object's colour (shape); chance levels are in each "
                   "objective's section.", "",
                   *alignment_rows(runs), ""]
-    if query_rows(runs):
+    queries = query_rows(runs)
+    if queries:
         lines += ["## Q-Former / X-Former (seed 002)", "",
                   "Pre-training (ITC + ITM + ITG, + MAE reconstruction for X-Former, no LLM), then LLM alignment "
                   "through one FC layer (the former trains too), then the same instruction tuning as every run.",
-                  "", *query_rows(runs), ""]
+                  "", *queries, ""]
     for name, run in runs.items():
         lines += [f"## Objective `{name}`", "", *detail_tables(name, run), ""]
         for stage, result in (run.get("alignment") or {}).items():

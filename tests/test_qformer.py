@@ -313,3 +313,29 @@ def test_the_three_terms_can_learn_a_fixed_batch(tiny_config, tiny_query_models)
         _, last, _ = module(batch)
     for term in ("itc", "itm", "itg"):
         assert last[term].item() < 0.6 * first[term], (term, first[term], last[term].item())
+
+
+def test_query_objective_input_errors_name_the_problem(tiny_config, tiny_query_models, toy_data):
+    from vlalign.eval.alignment_run import read_pairs
+    from vlalign.eval.query_retrieval import query_retrieval
+
+    # stage-2 chat data: the pre-training terms need image-caption pairs
+    module, dataset, _ = _model_and_batch(_query_config(tiny_config, tiny_query_models, 2))
+    with pytest.raises(ConfigError, match="needs data.format: plain, got 'chat'"):
+        module.objectives["qformer"].prepare(module.model, dataset, accelerator=None)
+    # a frozen former has nothing to learn from these terms
+    frozen = _query_config(tiny_config, tiny_query_models)
+    frozen.model.connector_options["freeze_former"] = True
+    module, dataset, batch = _model_and_batch(frozen)
+    with pytest.raises(ConfigError, match="the Q-Former is frozen"):
+        module.objectives["qformer"].prepare(module.model, dataset, accelerator=None)
+    # a record without an image is named
+    module, dataset, batch = _model_and_batch(_query_config(tiny_config, tiny_query_models))
+    module.objectives["qformer"].prepare(module.model, dataset, accelerator=None)
+    batch.pixel_values, batch.has_image = batch.pixel_values[:3], torch.tensor([True, True, True, False])
+    with pytest.raises(ValueError, match=f"records without one: \\['{batch.record_ids[3]}'\\]"):
+        module(batch)
+    # retrieval with fewer pairs than K
+    pairs, root = read_pairs(toy_data["stage1"], toy_data["image_root"], 3)
+    with pytest.raises(ConfigError, match="3 pairs are fewer than K = 5"):
+        query_retrieval(module.model.eval(), pairs, root)

@@ -8,7 +8,7 @@ each per round, the order rotating), median seconds per step:
 
   generative                    the baseline
   +eos_contrastive              image EOS read from the caption's own forward pass (what vlalign does)
-  +eos_contrastive+prompt       the same with seed 000's prompts (a few more tokens per sequence)
+  +eos_contrastive+prompt       the same with Ak et al.'s prompts (a few more tokens per sequence)
   +eos_contrastive(separate)    the alternative vlalign rejected: a second LLM pass over "<image>[EOS]"
                                 rows for the image side, as a standalone embedding call would do
   +cg_contrastive               CG-VLM's pooled-token term

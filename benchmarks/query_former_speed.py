@@ -1,4 +1,4 @@
-"""Benchmark: Q-Former vs X-Former pre-training step time and peak memory (seed 002 Table 7: 39 h vs 43 h,
+"""Benchmark: Q-Former vs X-Former pre-training step time and peak memory (X-Former Table 7: 39 h vs 43 h,
 3.3 GB vs 4.6 GB on their GPUs).
 
 The demo's set-up: packaged EfficientNet-Lite0 stage-3 features, Q-Former from the packaged MiniLM-L6 with

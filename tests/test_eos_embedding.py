@@ -1,4 +1,4 @@
-"""EOS embeddings (seed 000 sec. 3.2/3.4): the prompts, the [EOS] position, padding invariance."""
+"""EOS embeddings (Ak et al. sec. 3.2/3.4): the prompts, the [EOS] position, padding invariance."""
 
 from __future__ import annotations
 

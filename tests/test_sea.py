@@ -1,4 +1,4 @@
-"""SEA (seed 001): patch labelling, the sampler, the label cache and the `sea` objective in the loop."""
+"""SEA: patch labelling, the sampler, the label cache and the `sea` objective in the loop."""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""`vlalign` command line: train | generate | info | data | train-dual-encoder | eval | demo."""
+"""`vlalign` command line: train | generate | info | data | train-dual-encoder | label-patches | pretrain-mae |
+eval | demo.
+
+The commands import their modules inside the handlers: torch, transformers and accelerate take seconds
+to import, and `vlalign --help` or a config error should not wait for them. This is the one module that
+imports inside functions for that reason.
+"""
 
 from __future__ import annotations
 
@@ -30,9 +36,11 @@ def cmd_info(args) -> None:
     from vlalign.config import load_config
     from vlalign.models.vlm import VisionLanguageModel
     from vlalign.objectives import build_objectives
+    from vlalign.train.checks import check_config
     from vlalign.train.stages import apply_tune, format_parameter_table, parameter_table
 
     config = load_config(args.config, args.overrides)
+    check_config(config)  # before the weights load
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     model = VisionLanguageModel.from_config(config.model)
     recipe = apply_tune(model, config.train.stage, config.train.tune)
@@ -124,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dual_arguments(dual)
     dual.set_defaults(func=main_train_dual_encoder)
-    from vlalign.labels.cli import add_parser as add_label_patches_parser
+    from vlalign.dual_encoder.label_cli import add_parser as add_label_patches_parser
 
     add_label_patches_parser(commands)
     from vlalign.mae.cli import add_parser as add_pretrain_mae_parser
@@ -147,19 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
                            help="candidate words for the probe, one per line (default: the shapes world's "
                                 "vocabulary when present, else the captions' words)")
     alignment.add_argument("--no-prompt", action="store_true",
-                           help="EOS embeddings without seed 000's 'This sentence: ... means:' prompts")
+                           help="EOS embeddings without Ak et al.'s 'This sentence: ... means:' prompts")
     alignment.add_argument("--examples", type=int, default=2, help="images drawn with recalled words / heatmaps")
     alignment.set_defaults(func=cmd_eval_alignment)
 
     demo = commands.add_parser("demo", help="the offline end-to-end run with a report (README's main job)")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--quick", action="store_true", help="CI-sized run (a few minutes)")
-    from vlalign.demo import DEMO_OBJECTIVES
+    from vlalign.demo.recipes import RECIPES
 
     demo.add_argument("--objectives", default=None,
                       help="comma-separated objective runs to train and compare, or 'all' (default: generative); "
                            "runs of earlier calls into the same --out are kept in the report. Choices: "
-                           + ", ".join(DEMO_OBJECTIVES))
+                           + ", ".join(RECIPES))
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
     return parser

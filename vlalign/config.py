@@ -6,8 +6,9 @@ Every section forbids unknown keys, and the error lists the valid ones, so a typ
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -90,6 +91,9 @@ class TrainConfig(Section):
 
 
 class RunConfig(Section):
+    """Each section's types are checked here; what needs the objective and connector registries (their
+    options, the rules between sections) is checked by vlalign.train.checks before any weights load."""
+
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -97,22 +101,47 @@ class RunConfig(Section):
     objectives: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"generative": {"weight": 1.0}})
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
+def parse_override(text: str) -> tuple[list[str], Any, str]:
+    """key=value -> (key path, the value as YAML reads it, the raw text)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form key=value (e.g. train.lr=2e-5)")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
-    return key.strip().split("."), value
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc})") from None
+    return key.strip().split("."), value, raw
+
+
+def _wants_text(annotation) -> bool:
+    """A str field, a Literal of strings, or an optional one of those."""
+    if annotation is str:
+        return True
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return all(isinstance(arg, str) for arg in args)
+    if origin in (Union, types.UnionType):
+        kinds = [arg for arg in args if arg is not type(None)]
+        return bool(kinds) and all(_wants_text(arg) for arg in kinds)
+    return False
+
+
+def _typed(annotation, value: Any, raw: str) -> Any:
+    """`--set train.mixed_precision=no`: YAML reads `no` as False; a text field keeps the text as written."""
+    if _wants_text(annotation) and not isinstance(value, str) and raw.strip() not in ("", "null", "~"):
+        return raw.strip()
+    return value
 
 
 def _apply_override(tree: dict, section_model: type[BaseModel] | None, path: list[str], value: Any,
-                    full_key: str) -> None:
+                    full_key: str, raw: str) -> None:
     head, rest = path[0], path[1:]
     if section_model is not None and head not in section_model.model_fields:
         valid = ", ".join(sorted(section_model.model_fields))
         raise ConfigError(f"unknown config key {full_key!r}: {head!r} is not one of: {valid}")
     if not rest:
-        tree[head] = value
+        annotation = section_model.model_fields[head].annotation if section_model is not None else None
+        tree[head] = _typed(annotation, value, raw)
         return
     child_model = None
     if section_model is not None:
@@ -122,7 +151,7 @@ def _apply_override(tree: dict, section_model: type[BaseModel] | None, path: lis
     child = tree.setdefault(head, {})
     if not isinstance(child, dict):
         raise ConfigError(f"config key {full_key!r}: {head!r} holds a value, not a section")
-    _apply_override(child, child_model, rest, value, full_key)
+    _apply_override(child, child_model, rest, value, full_key, raw)
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
@@ -148,7 +177,29 @@ def _section_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def _section_type(section_model: type[BaseModel], key: str) -> type[BaseModel] | None:
+    annotation = section_model.model_fields[key].annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def apply_patch(tree: dict, patch: dict, section_model: type[BaseModel] = None, prefix: str = "") -> None:
+    """Merge a nested patch ({"train": {"lr": 3e-4}}) into a config tree: sections merge key by key, every
+    other value (a dict-valued field such as `objectives` or `model.connector_options` included) is
+    replaced whole, as `--set key=value` replaces it. Unknown keys are errors listing the valid ones."""
+    section_model = section_model or RunConfig
+    for key, value in patch.items():
+        full_key = f"{prefix}{key}"
+        child = _section_type(section_model, key) if key in section_model.model_fields else None
+        if child is not None and isinstance(value, dict):
+            subtree = tree.setdefault(key, {})
+            apply_patch(subtree, value, child, f"{full_key}.")
+        else:
+            _apply_override(tree, section_model, [key], value, full_key, raw="")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                patches: list[dict] | tuple[dict, ...] = ()) -> RunConfig:
+    """The YAML file (or the defaults), then each nested `patches` dict, then each `--set` override."""
     tree: dict = {}
     source = "defaults"
     if path is not None:
@@ -162,9 +213,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         source = str(path)
+    for patch in patches:
+        apply_patch(tree, patch)
     for text in overrides:
-        keys, value = parse_override(text)
-        _apply_override(tree, RunConfig, keys, value, ".".join(keys))
+        keys, value, raw = parse_override(text)
+        _apply_override(tree, RunConfig, keys, value, ".".join(keys), raw)
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:

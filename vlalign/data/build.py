@@ -26,9 +26,8 @@ def read_chat_template(value: str | None) -> str | None:
     return value
 
 
-def build_dataset(config: RunConfig, model, skips: SkipReport, requirements: dict | None = None) -> LlavaDataset:
-    """`requirements`: what the configured objectives need from the samples (see Objective.data_requirements)."""
-    requirements = requirements or {}
+def build_dataset(config: RunConfig, model, skips: SkipReport, fields: dict[str, dict] | None = None) -> LlavaDataset:
+    """`fields`: the per-sample fields the configured objectives need ({name: options}, vlalign.data.samples)."""
     if not config.data.train_file:
         raise ConfigError("data.train_file is not set (a LLaVA JSON/JSONL file)")
     records = load_records(config.data.train_file, config.data.image_root, config.data.on_error, skips,
@@ -38,4 +37,4 @@ def build_dataset(config: RunConfig, model, skips: SkipReport, requirements: dic
                         max_length=config.model.max_length, on_error=config.data.on_error,
                         system_prompt=config.data.system_prompt,
                         chat_template=read_chat_template(config.data.chat_template),
-                        image_eos=requirements.get("image_eos"))
+                        fields=fields)

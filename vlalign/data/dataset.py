@@ -9,15 +9,17 @@ survive DataLoader worker processes and reach the end-of-run report.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from vlalign.data.images import ImageTransform, load_image
 from vlalign.data.llava_json import Record, SkipReport
-from vlalign.data.templates import IGNORE_INDEX, tokenize_plain_with_image_eos, tokenize_record
-from vlalign.errors import ConfigError, DataError
+from vlalign.data.samples import SAMPLE_FIELDS, FieldContext, LayoutContext, resolve_layout
+from vlalign.data.templates import IGNORE_INDEX
+from vlalign.errors import DataError
 
 
 @dataclass
@@ -27,10 +29,7 @@ class Sample:
     labels: list[int]
     pixel_values: torch.Tensor | None
     truncated: bool
-    image_key: str | None = None  # the record's `image` string
-    index: int = -1  # position of the record in the dataset (keys per-record caches)
-    image_eos_position: int = -1  # the image-side [EOS] (eos_contrastive's layout), -1 when absent
-    caption: str = ""  # the supervised text of a stage-1 (plain) record: what the Q-Former's text branch reads
+    fields: dict[str, Any] = field(default_factory=dict)  # the per-sample fields the objectives asked for
 
 
 @dataclass
@@ -48,41 +47,39 @@ class Batch:
     record_ids: list[str]
     skips: SkipReport = field(default_factory=SkipReport)
     truncated: int = 0
-    image_keys: list[str] = field(default_factory=list)  # one per image, in pixel_values order
-    indices: list[int] = field(default_factory=list)  # dataset position of each sample
-    image_eos_positions: torch.Tensor | None = None  # [B] image-side [EOS] index, -1 where absent
-    captions: list[str] = field(default_factory=list)  # per sample; "" for chat records
+    # Declared per-sample fields (vlalign.data.samples), by name: a [B] tensor or a list of B values.
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.record_ids)
 
     def to(self, device) -> "Batch":
-        move = lambda t: t.to(device) if t is not None else None  # noqa: E731
-        return Batch(move(self.input_ids), move(self.attention_mask), move(self.labels), move(self.pixel_values),
-                     move(self.has_image), self.record_ids, self.skips, self.truncated, self.image_keys,
-                     self.indices, move(self.image_eos_positions), self.captions)
+        """Every tensor, the extras included, on `device`; everything else as it is."""
+        def move(value):
+            return value.to(device) if isinstance(value, torch.Tensor) else value
+
+        moved = {f.name: move(getattr(self, f.name)) for f in fields(self) if f.name != "extras"}
+        return Batch(**moved, extras={name: move(value) for name, value in self.extras.items()})
 
 
 class LlavaDataset(Dataset):
+    """`fields`: the per-sample fields the objectives need ({name: options}); they also choose the layout."""
+
     def __init__(self, records: list[Record], tokenizer, transform: ImageTransform, *, fmt: str,
                  image_token_id: int, num_visual_tokens: int, max_length: int, on_error: str = "raise",
                  system_prompt: str | None = None, chat_template: str | None = None,
-                 image_eos: dict | None = None):
+                 fields: dict[str, dict] | None = None):
         self.records = records
         self.tokenizer = tokenizer
         self.transform = transform
         self.fmt = fmt
-        self.image_token_id = image_token_id
         self.num_visual_tokens = num_visual_tokens
         self.max_length = max_length
         self.on_error = on_error
-        self.system_prompt = system_prompt
-        self.chat_template = chat_template
-        # {"prompt": bool}: lay stage-1 samples out with the image's own EOS input first (eos_contrastive)
-        self.image_eos = image_eos
-        if image_eos is not None and fmt != "plain":
-            raise ConfigError("eos_contrastive reads the image embedding inside the stage-1 caption sequence; "
-                              f"it needs data.format: plain, not {fmt!r}")
+        self.fields = dict(fields or {})
+        self.layout, self.layout_options = resolve_layout(fmt, self.fields)
+        self.context = LayoutContext(tokenizer, image_token_id, num_visual_tokens, max_length, system_prompt,
+                                     chat_template)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -95,28 +92,14 @@ class LlavaDataset(Dataset):
     def __getitem__(self, index: int) -> Sample | Skipped:
         record = self.records[index]
         try:
-            sample = self._build(record)
-            sample.index = index
-            return sample
+            return self._build(record, index)
         except DataError as error:
             if self.on_error == "skip":
                 return Skipped(error)
             raise
 
-    def _tokenize(self, record: Record):
-        if self.image_eos is None:
-            return tokenize_record(record, self.tokenizer, self.fmt, self.image_token_id, self.num_visual_tokens,
-                                   self.max_length, self.system_prompt, self.chat_template)
-        from vlalign.models.eos_embedding import IMAGE_NOUNS
-
-        # Seed 000 draws photo|image|picture per sample; drawn from the record id, so a resumed run and
-        # every rank see the same prompt for the same record.
-        noun = random.Random(record.id).choice(IMAGE_NOUNS)
-        return tokenize_plain_with_image_eos(record, self.tokenizer, self.image_token_id, self.num_visual_tokens,
-                                             self.max_length, self.image_eos["prompt"], noun)
-
-    def _build(self, record: Record) -> Sample:
-        tokens = self._tokenize(record)
+    def _build(self, record: Record, index: int) -> Sample:
+        tokens = self.layout.tokenize(record, self.context, self.layout_options)
         pixel_values = None
         if record.image is not None:
             try:
@@ -124,10 +107,9 @@ class LlavaDataset(Dataset):
             except OSError as exc:
                 raise DataError(str(exc), reason="unreadable_image", record_id=record.id,
                                 file=record.source_file, field="image") from exc
-        eos = tokens.image_eos_position if tokens.image_eos_position is not None else -1
-        caption = record.turns[-1].text.strip() if self.fmt == "plain" else ""
-        return Sample(record.id, tokens.input_ids, tokens.labels, pixel_values, tokens.truncated, record.image_key,
-                      image_eos_position=eos, caption=caption)
+        context = FieldContext(record, tokens, index, self.layout)
+        values = {name: SAMPLE_FIELDS[name].extract(context) for name in self.fields}
+        return Sample(record.id, tokens.input_ids, tokens.labels, pixel_values, tokens.truncated, values)
 
 
 class Collator:
@@ -143,6 +125,15 @@ class Collator:
                 skips.add(item.error)
             else:
                 samples.append(item)
+        input_ids, labels, attention_mask = self._padded(samples)
+        images = [s.pixel_values for s in samples if s.pixel_values is not None]
+        return Batch(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                     pixel_values=torch.stack(images) if images else None,
+                     has_image=torch.tensor([s.pixel_values is not None for s in samples], dtype=torch.bool),
+                     record_ids=[s.record_id for s in samples], skips=skips,
+                     truncated=sum(s.truncated for s in samples), extras=gather_fields(samples))
+
+    def _padded(self, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         longest = max((len(s.input_ids) for s in samples), default=0)
         multiple = self.pad_to_multiple_of
         width = -(-longest // multiple) * multiple if longest else 0
@@ -154,16 +145,17 @@ class Collator:
             input_ids[row, :n] = torch.tensor(sample.input_ids)
             labels[row, :n] = torch.tensor(sample.labels)
             attention_mask[row, :n] = 1
-        images = [s.pixel_values for s in samples if s.pixel_values is not None]
-        return Batch(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                     pixel_values=torch.stack(images) if images else None,
-                     has_image=torch.tensor([s.pixel_values is not None for s in samples], dtype=torch.bool),
-                     record_ids=[s.record_id for s in samples], skips=skips,
-                     truncated=sum(s.truncated for s in samples),
-                     image_keys=[s.image_key for s in samples if s.pixel_values is not None],
-                     indices=[s.index for s in samples],
-                     image_eos_positions=torch.tensor([s.image_eos_position for s in samples], dtype=torch.long),
-                     captions=[s.caption for s in samples])
+        return input_ids, labels, attention_mask
+
+
+def gather_fields(samples: list[Sample]) -> dict[str, Any]:
+    """Each declared field over the batch: a tensor for numeric fields, else a list in sample order."""
+    names = samples[0].fields if samples else {}
+    gathered = {}
+    for name in names:
+        values = [sample.fields[name] for sample in samples]
+        gathered[name] = torch.tensor(values) if SAMPLE_FIELDS[name].collate == "tensor" else values
+    return gathered
 
 
 class LengthGroupedBatchSampler:

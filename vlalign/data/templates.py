@@ -10,8 +10,9 @@ span and compares them with the span's text: any template or tokenizer that brea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from vlalign.data.eos_layout import image_prompt_ids
 from vlalign.data.llava_json import Record
 from vlalign.errors import DataError
 
@@ -23,7 +24,8 @@ class Tokenized:
     input_ids: list[int]
     labels: list[int]
     truncated: bool
-    image_eos_position: int | None = None  # where the image-side [EOS] sits (plain format with image_eos)
+    # What a layout adds beyond ids and labels, for the sample fields (e.g. image_eos_position).
+    layout_fields: dict = field(default_factory=dict)
 
 
 def _fail(record: Record, message: str, reason: str) -> DataError:
@@ -87,13 +89,11 @@ def tokenize_plain_with_image_eos(record: Record, tokenizer, image_token_id: int
 
         [This {noun}:] <image> [ means:] [EOS] caption [EOS]
 
-    The first part is token for token what `eos_embedding.image_prompt_ids` builds, so under causal
+    The first part is token for token what `eos_layout.image_prompt_ids` builds, so under causal
     attention the final hidden state at that first [EOS] is exactly the image embedding f(g(x)) of
-    seed 000 (it cannot see the caption after it), read from the same forward pass that computes the
+    Ak et al. (it cannot see the caption after it), read from the same forward pass that computes the
     caption loss. Only the caption and its closing EOS are supervised.
     """
-    from vlalign.models.eos_embedding import image_prompt_ids
-
     image_token = tokenizer.convert_ids_to_tokens(image_token_id)
     plain_text_and_spans(record, image_token)  # the same record checks as the plain format
     head = image_prompt_ids(tokenizer, image_token_id, 1, prompt, noun)
@@ -103,7 +103,7 @@ def tokenize_plain_with_image_eos(record: Record, tokenizer, image_token_id: int
     supervised = [False] * len(head) + [True] * (len(caption_ids) + 1)
     _self_check(record, tokenizer, caption, ids, supervised, [(0, len(caption))], "plain")
     tokens = _expand_and_truncate(record, ids, supervised, image_token_id, num_visual_tokens, max_length)
-    tokens.image_eos_position = len(head) - 1 + num_visual_tokens - 1
+    tokens.layout_fields["image_eos_position"] = len(head) - 1 + num_visual_tokens - 1
     return tokens
 
 

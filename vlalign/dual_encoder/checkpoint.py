@@ -7,7 +7,6 @@ so a checkpoint is ~1.5 MB and cannot drift from the towers it was trained on wi
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -16,17 +15,12 @@ from safetensors.torch import load_file, save
 from vlalign.dual_encoder.heads import MAX_LOGIT_SCALE, ProjectionHeads
 from vlalign.dual_encoder.packaged import PackagedDualEncoder, SentenceTower, load_frozen_image_tower
 from vlalign.errors import ConfigError
+from vlalign.files import write_file_atomically
 
 FORMAT = "vlalign-packaged-dual-encoder"
 FORMAT_VERSION = 1
 HEADS_FILE = "heads.safetensors"
 CONFIG_FILE = "config.json"
-
-
-def _write_atomically(path: Path, write) -> None:
-    staging = path.with_name(path.name + f".tmp-{os.getpid()}")
-    write(staging)
-    os.replace(staging, path)
 
 
 def encoder_config(encoder: PackagedDualEncoder, training: dict | None = None) -> dict:
@@ -55,9 +49,9 @@ def save_dual_encoder(encoder: PackagedDualEncoder, out_dir: str | Path, trainin
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in encoder.heads.state_dict().items()}
     # bytes, then an ordinary write: safetensors' save_file creates its file owner-only (0600)
     payload = save(state, metadata={"format": FORMAT})
-    _write_atomically(out_dir / HEADS_FILE, lambda path: path.write_bytes(payload))
+    write_file_atomically(out_dir / HEADS_FILE, payload)
     text = json.dumps(encoder_config(encoder, training), indent=2)
-    _write_atomically(out_dir / CONFIG_FILE, lambda path: path.write_text(text))
+    write_file_atomically(out_dir / CONFIG_FILE, text)
     return out_dir
 
 

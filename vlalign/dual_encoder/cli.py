@@ -43,6 +43,7 @@ def format_report(report: dict) -> str:
 
 
 def main_train_dual_encoder(args: argparse.Namespace) -> dict:
+    # Imported here, not at the top: the main CLI builds this parser on every start (`vlalign --help`).
     from vlalign.dual_encoder.train import train_dual_encoder
 
     report = train_dual_encoder(args.data, args.image_root, args.out, epochs=args.epochs,

@@ -33,8 +33,8 @@ from vlalign.dual_encoder.checkpoint import load_dual_encoder, save_dual_encoder
 from vlalign.dual_encoder.features import CachedFeatures, cache_features, load_caption_pairs
 from vlalign.dual_encoder.heads import ProjectionHeads
 from vlalign.dual_encoder.packaged import PackagedDualEncoder
-from vlalign.eval.alignment import modality_gap, retrieval_recall
-from vlalign.objectives.functional import info_nce
+from vlalign.losses.retrieval import modality_gap, retrieval_recall
+from vlalign.losses.functional import info_nce
 
 __all__ = ["train_dual_encoder", "load_dual_encoder", "unique_caption_batches", "fit_heads", "evaluate_heads"]
 

@@ -12,7 +12,8 @@ from vlalign.data.images import load_image
 from vlalign.errors import ConfigError
 from vlalign.eval import alignment_plots as plots
 from vlalign.eval.alignment_run import (caption_words, collect, load_world_truth, read_pairs, summarize,
-                                        token_grid, word_embedding_table, world_words)
+                                        word_embedding_table, world_words)
+from vlalign.train.load import load_checkpoint_model
 
 
 def _read_words(path: str | Path) -> list[str]:
@@ -52,7 +53,6 @@ def run_alignment(checkpoint: str | Path, data: str | Path, out: str | Path, *, 
     """Measure one checkpoint (or an already loaded `model`, `config`); write everything under `out`."""
     from tqdm.auto import tqdm
 
-    from vlalign.generate import load_checkpoint_model
 
     started = time.perf_counter()
     out = Path(out)
@@ -62,7 +62,7 @@ def run_alignment(checkpoint: str | Path, data: str | Path, out: str | Path, *, 
     pairs, root = read_pairs(data, image_root, limit)
     if len(pairs) < 2:
         raise ConfigError(f"--data {data}: alignment needs at least 2 image-caption pairs, found {len(pairs)}")
-    grid = token_grid(model)
+    grid = model.token_grid()
     world = load_world_truth(root, grid[1], grid[2]) if grid is not None else None
     truth, vocab = world if world is not None else (None, None)
     if words_file is not None:

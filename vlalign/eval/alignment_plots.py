@@ -1,9 +1,9 @@
 """The seed papers' alignment pictures, as PNG files (matplotlib's Agg backend: no display needed).
 
-- t-SNE of image and text EOS embeddings coloured by modality (seed 000, Fig. 1);
+- t-SNE of image and text EOS embeddings coloured by modality (Ak et al., Fig. 1);
 - an image with each visual token's cell labelled by the word it recalls, green when that word names
-  what covers the cell, red when not (seed 001, Fig. 1-2 and 6);
-- per caption token, a heatmap over the token grid of its cosine with each visual token (seed 003, Fig. 2).
+  what covers the cell, red when not (SEA, Fig. 1-2 and 6);
+- per caption token, a heatmap over the token grid of its cosine with each visual token (CG-VLM, Fig. 2).
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ world's per-patch ground truth, how often the recalled word names what lies unde
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,10 @@ from vlalign.data.build import image_transform_for
 from vlalign.data.images import load_image
 from vlalign.data.llava_json import load_records
 from vlalign.errors import ConfigError, DataError
-from vlalign.eval.alignment import gap_score, modality_gap, nearest_words, retrieval_recall, tacs
-from vlalign.models import eos_embedding
+from vlalign.data.eos_layout import image_inputs
+from vlalign.eval.alignment import gap_score, nearest_words, tacs
+from vlalign.losses.retrieval import modality_gap, retrieval_recall
+from vlalign.models.eos_embedding import embed_texts, eos_states
 
 RECALL_KS = (1, 5, 10)
 BACKGROUND_WORD = "background"
@@ -67,16 +68,6 @@ def read_pairs(path: str | Path, image_root: str | Path | None, limit: int | Non
         if limit is not None and len(pairs) >= limit:
             break
     return pairs, root
-
-
-def token_grid(model) -> tuple[int, int, int] | None:
-    """(prefix tokens, rows, cols) of the visual tokens, or None for a connector without a patch grid."""
-    window = getattr(model.multi_modal_projector, "window", None)
-    if window is None:
-        return None
-    rows, cols = (math.ceil(side / window) for side in model.vision_tower.grid)
-    prefix = model.num_visual_tokens - rows * cols
-    return (prefix, rows, cols) if prefix >= 0 else None
 
 
 def load_world_truth(image_root: Path, rows: int, cols: int) -> tuple[dict[str, CellTruth], dict] | None:
@@ -154,19 +145,19 @@ def collect(model, config, pairs: list[Pair], image_root: Path, words: list[str]
     embedding = model.language_model.get_input_embeddings().weight
     device = embedding.device  # statistics on the CPU, model passes wherever the model is
     word_table = word_embedding_table(model, words).float().cpu()
-    grid = token_grid(model)
+    grid = model.token_grid()
     prefix = grid[0] if grid else 0
     collected = Collected(group_choice={name: [] for name in groups})
     max_length = config.model.max_length
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         pixels = torch.stack([transform(load_image(image_root / pair.image)) for pair in chunk])
-        inputs = eos_embedding.image_inputs(model.tokenizer, model.image_token_id, model.num_visual_tokens,
+        inputs = image_inputs(model.tokenizer, model.image_token_id, model.num_visual_tokens,
                                             len(chunk), prompt)
         output = model(inputs.input_ids.to(device), inputs.attention_mask.to(device), pixels.to(device))
         collected.image_eos.append(
-            eos_embedding.eos_states(output.hidden_states, inputs.eos_positions.to(device)).float().cpu())
-        texts, truncated = eos_embedding.embed_texts(model, [pair.caption for pair in chunk], prompt, max_length)
+            eos_states(output.hidden_states, inputs.eos_positions.to(device)).float().cpu())
+        texts, truncated = embed_texts(model, [pair.caption for pair in chunk], prompt, max_length)
         collected.text_eos.append(texts.float().cpu())
         collected.truncated += len(truncated)
         visual = output.visual_tokens.float().cpu()[:, prefix:]

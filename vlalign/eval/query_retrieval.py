@@ -1,4 +1,4 @@
-"""Zero-shot image-text retrieval with a pre-trained Q-Former / X-Former (seed 002 Table 8 style).
+"""Zero-shot image-text retrieval with a pre-trained Q-Former / X-Former (X-Former, Table 8 style).
 
 Similarity is ITC's own: the best cosine over an image's projected queries against the caption's projected
 [CLS]. TR@K (text retrieval) = image-to-text recall, IR@K = text-to-image recall; chance is K / N.
@@ -10,19 +10,18 @@ from pathlib import Path
 
 import torch
 
+from vlalign.data.build import image_transform_for
+from vlalign.data.images import load_image
 from vlalign.errors import ConfigError
+from vlalign.losses.functional import qformer_similarity
+from vlalign.losses.retrieval import recall_from_similarity
+from vlalign.models.connectors import QFormerConnector
 
 
 @torch.no_grad()
 def query_retrieval(model, pairs: list, image_root: str | Path, batch_size: int = 32,
                     ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
     """`pairs`: eval.alignment_run.Pair records (image path relative to `image_root`, caption)."""
-    from vlalign.data.build import image_transform_for
-    from vlalign.data.images import load_image
-    from vlalign.eval.alignment import recall_from_similarity
-    from vlalign.models.query_connectors import QFormerConnector
-    from vlalign.objectives.functional import qformer_similarity
-
     connector = model.multi_modal_projector
     if not isinstance(connector, QFormerConnector):
         raise ConfigError(f"query retrieval needs a qformer / xformer connector, not {model.config.connector!r}")
@@ -35,9 +34,9 @@ def query_retrieval(model, pairs: list, image_root: str | Path, batch_size: int 
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         pixels = torch.stack([transform(load_image(root / pair.image)) for pair in chunk]).to(device)
-        _, extras = model.encode_images_with_extras(pixels)
+        final_queries = model.encode_images_with_aux(pixels).aux["final_queries"]
         ids, mask, _ = connector.tokenize([pair.caption for pair in chunk], device)
-        images, texts = connector.itc_embeddings(extras.final_queries, ids, mask)
+        images, texts = connector.itc_embeddings(final_queries, ids, mask)
         image_side.append(images.float().cpu())
         text_side.append(texts.float().cpu())
     similarity = qformer_similarity(torch.cat(image_side), torch.cat(text_side))

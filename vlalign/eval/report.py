@@ -66,7 +66,7 @@ def alignment_rows(runs: dict[str, dict]) -> list[str]:
 
 
 def sea_label_lines(name: str, summary: dict) -> list[str]:
-    """The offline SEA labels the run trained with: seed 001 Sec. 5.1 / Fig. 6 statistics."""
+    """The offline SEA labels the run trained with: SEA Sec. 5.1 / Fig. 6 statistics."""
     use, scores = summary["utilisation"], summary["label_scores"]
     common = ", ".join(f"{word} ({count})" for word, count in list(summary["most_common_top1"].items())[:10])
     return [f"### `{name}`: SEA patch labels (`vlalign label-patches`)", "",
@@ -164,7 +164,7 @@ def render_report(runs: dict[str, dict], info: dict) -> str:
                   f"{' (by an earlier run, reused)' if de.get('reused') else ''}.", ""]
     if alignment_rows(runs):
         lines += ["## Alignment diagnostics (`vlalign eval alignment`, held-out captions)", "",
-                  "EOS gap: modality gap (Liang et al.) between image and caption EOS embeddings (seed 000's "
+                  "EOS gap: modality gap (Liang et al.) between image and caption EOS embeddings (Ak et al.'s "
                   "prompts); EOS Recall@K: image-to-text / text-to-image retrieval with them; D: mean cosine "
                   "distance of visual tokens to the nearest word embedding; TACS: top-10 visual-token cosine with "
                   "the own caption's tokens; probe: share of object-covered visual tokens whose nearest colour "
@@ -173,7 +173,7 @@ def render_report(runs: dict[str, dict], info: dict) -> str:
                   *alignment_rows(runs), ""]
     queries = query_rows(runs)
     if queries:
-        lines += ["## Q-Former / X-Former (seed 002)", "",
+        lines += ["## Q-Former / X-Former", "",
                   "Pre-training (ITC + ITM + ITG, + MAE reconstruction for X-Former, no LLM), then LLM alignment "
                   "through one FC layer (the former trains too), then the same instruction tuning as every run.",
                   "", *queries, ""]

@@ -19,12 +19,12 @@ Shards are read through memory maps: a step touches only the rows of its own ima
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from vlalign.errors import ConfigError, DataError
+from vlalign.files import write_file_atomically
 from vlalign.labels.words import words_digest
 
 FORMAT = "vlalign-sea-labels"
@@ -35,15 +35,8 @@ IDENTITY_FIELDS = ("encoder", "encoder_fingerprint", "words_sha256", "num_words"
                    "image_aspect", "template", "shard_size")
 
 
-def _atomic_write(path: Path, write) -> None:
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with staging.open("wb") as handle:
-        write(handle)
-    os.replace(staging, path)
-
-
 def _write_json(path: Path, value) -> None:
-    _atomic_write(path, lambda handle: handle.write(json.dumps(value, indent=1).encode("utf-8")))
+    write_file_atomically(path, json.dumps(value, indent=1))
 
 
 def _read_json(path: Path, what: str):
@@ -82,7 +75,7 @@ class LabelCacheWriter:
                     raise ConfigError(f"{path}: this cache was written with {name} = {old.get(name)!r}, this run "
                                       f"has {self.spec.get(name)!r}; use another --out folder or delete it")
         (self.folder / INDEX).unlink(missing_ok=True)  # complete again only when every planned shard is
-        _atomic_write(self.folder / WORDS, lambda handle: handle.write(("\n".join(words) + "\n").encode("utf-8")))
+        write_file_atomically(self.folder / WORDS, "\n".join(words) + "\n")
         _write_json(path, self.spec)
 
     def _shard_path(self, shard: int, suffix: str) -> Path:
@@ -106,8 +99,8 @@ class LabelCacheWriter:
         expected = (len(keys), rows * cols, self.spec["top_n"])
         if indices.shape != expected or scores.shape != expected:
             raise ValueError(f"shard {shard}: indices {indices.shape} / scores {scores.shape}, expected {expected}")
-        _atomic_write(self._shard_path(shard, "indices.npy"), lambda h: np.save(h, indices.astype(np.int32)))
-        _atomic_write(self._shard_path(shard, "scores.npy"), lambda h: np.save(h, scores.astype(np.float16)))
+        write_file_atomically(self._shard_path(shard, "indices.npy"), lambda h: np.save(h, indices.astype(np.int32)))
+        write_file_atomically(self._shard_path(shard, "scores.npy"), lambda h: np.save(h, scores.astype(np.float16)))
         _write_json(self._shard_path(shard, "json"), {"keys": keys})  # last: marks the shard whole
 
     def finalize(self) -> Path:

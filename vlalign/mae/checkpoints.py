@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from transformers.utils import logging as hf_logging
 
 from vlalign.errors import ConfigError
+from vlalign.files import write_folder_atomically
 from vlalign.train.checkpoint import STATE_FILE, prune_checkpoints
 
 KEEP_CHECKPOINTS = 2
@@ -34,18 +33,6 @@ def quiet_hf_progress():
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
-
-
-def write_folder_atomically(target: Path, write) -> Path:
-    """`write(staging)` fills a hidden sibling folder, which then replaces `target` in one rename."""
-    staging = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    write(staging)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
-    return target
 
 
 def save_checkpoint(out: Path, model, optimizer, scheduler, state: dict) -> Path:

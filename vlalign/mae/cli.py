@@ -40,6 +40,7 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
 
 
 def main_pretrain_mae(args: argparse.Namespace) -> Path:
+    # Imported here, not at the top: the main CLI builds this parser on every start (`vlalign --help`).
     from vlalign.mae.pretrain import pretrain_mae
 
     final = pretrain_mae(args.images, args.out, image_size=args.image_size, patch_size=args.patch_size,

@@ -20,10 +20,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
-from vlalign.config import TrainConfig
 from vlalign.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, load_image
 from vlalign.errors import ConfigError, DataError
-from vlalign.mae.checkpoints import quiet_hf_progress, restore_checkpoint, save_checkpoint, write_folder_atomically
+from vlalign.files import write_folder_atomically
+from vlalign.mae.checkpoints import quiet_hf_progress, restore_checkpoint, save_checkpoint
 from vlalign.train.checkpoint import latest_checkpoint
 from vlalign.train.optim import build_scheduler
 
@@ -164,7 +164,7 @@ def pretrain_mae(images: str | Path, out: str | Path, *, image_size: int = 224, 
     recipe = json.loads(json.dumps(recipe))  # the form a checkpoint's JSON gives back
     model = new_model(config, seed)
     optimizer = adamw(model, lr, weight_decay)
-    scheduler = build_scheduler(optimizer, TrainConfig(warmup_ratio=warmup_ratio), total_steps)
+    scheduler = build_scheduler(optimizer, warmup_ratio, total_steps)
 
     metrics_file = out / "metrics.jsonl"
     step, epoch, position = 0, 0, 0

@@ -1,9 +1,10 @@
-"""X-Former's MAE branch (seed 002 sec. 2.3): frozen MAE ViT + decoder, and the dual cross-attention.
+"""X-Former's MAE branch (X-Former sec. 2.3): frozen MAE ViT + decoder, and the dual cross-attention.
 
 1. The frozen MAE encoder sees the image with a random `mask_ratio` of its patches removed.
 2. Cross-attention 1: MAE features (as queries) attend to the Q-Former output -> enriched MAE features.
 3. Cross-attention 2: the Q-Former output attends to the enriched MAE features -> the final queries.
-4. The enriched features go through the frozen MAE decoder, which reconstructs the masked patches
+4. The enriched features go through the frozen MAE decoder, which reconstructs the masked patches; the
+   prediction, the target pixels and the mask go to the `xformer` objective, which computes the loss
    (MSE on masked patches, MAE's normalised-pixel target).
 
 Both MAE networks are frozen (no parameter of theirs trains) but differentiable, so the reconstruction
@@ -13,8 +14,6 @@ loss reaches the cross-attention and, through it, the Q-Former. When no reconstr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,8 +21,7 @@ from torch import nn
 from vlalign.data.images import IMAGENET_MEAN, IMAGENET_STD
 from vlalign.errors import ConfigError
 from vlalign.models.query_former import AttentionBlock, FeedForward
-from vlalign.objectives.functional import masked_patch_mse
-
+from vlalign.models.sources import load_or_explain, parse_source
 
 
 class CrossBlock(nn.Module):
@@ -38,18 +36,9 @@ class CrossBlock(nn.Module):
         return self.ffn(self.attention(states, kv=memory))
 
 
-@dataclass
-class MaeResult:
-    final_queries: torch.Tensor  # [B, Q, H]
-    reconstruction_loss: torch.Tensor | None  # scalar, only when reconstruction was asked for
-    masked_fraction: float
-
-
 def load_mae(source: str):
     """A frozen `ViTMAEForPreTraining` and its pixel statistics (mean, std, image size)."""
-    from transformers import AutoImageProcessor, ViTMAEForPreTraining
-
-    from vlalign.models.sources import load_or_explain, parse_source
+    from transformers import AutoImageProcessor, ViTMAEForPreTraining  # only X-Former runs pay this import
 
     location = parse_source(source).location
     mae = load_or_explain(location, "MAE (ViTMAEForPreTraining)",
@@ -68,8 +57,6 @@ class MaeBranch(nn.Module):
     def __init__(self, source: str, query_dim: int, query_heads: int, mask_ratio: float,
                  tower_mean, tower_std, dropout: float = 0.1):
         super().__init__()
-        if not 0.0 < mask_ratio < 1.0:
-            raise ConfigError(f"model.connector_options.mask_ratio must be in (0, 1), got {mask_ratio!r}")
         self.mae, mae_mean, mae_std = load_mae(source)
         self.mask_ratio = mask_ratio
         mae_dim, mae_heads = self.mae.config.hidden_size, self.mae.config.num_attention_heads
@@ -110,15 +97,17 @@ class MaeBranch(nn.Module):
             states = layer(states, None)
         return self.mae.vit.layernorm(states), mask, ids_restore
 
-    def forward(self, queries: torch.Tensor, pixel_values: torch.Tensor, reconstruct: bool) -> MaeResult:
+    def forward(self, queries: torch.Tensor, pixel_values: torch.Tensor,
+                reconstruct: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(final queries [B, Q, H], auxiliary tensors): with `reconstruct`, the decoder's prediction and the
+        target patches [B, N, P] and the mask [B, N] (1 = removed) that the reconstruction loss compares."""
         pixels = self._mae_pixels(pixel_values)
         ratio = self.mask_ratio if reconstruct else 0.0
         mae_features, mask, ids_restore = self._encode(pixels, ratio)
         enriched = self.enrich(mae_features.to(queries.dtype), queries)
         final_queries = self.enhance(queries, enriched)
-        loss = None
-        if reconstruct:
-            predicted = self.mae.decoder(enriched, ids_restore).logits
-            target = self.mae.patchify(pixels)
-            loss = masked_patch_mse(predicted, target, mask, self.mae.config.norm_pix_loss)
-        return MaeResult(final_queries, loss, float(mask.mean()))
+        if not reconstruct:
+            return final_queries, {}
+        predicted = self.mae.decoder(enriched, ids_restore).logits
+        return final_queries, {"reconstruction_predicted": predicted,
+                               "reconstruction_target": self.mae.patchify(pixels), "reconstruction_mask": mask}

@@ -1,4 +1,4 @@
-"""The Q-Former (BLIP-2, seed 002 sec. 2.1): learnable queries and a text branch sharing BERT layers.
+"""The Q-Former (BLIP-2; X-Former sec. 2.1): learnable queries and a text branch sharing BERT layers.
 
 Every layer: self-attention over [query slots ; text tokens] under one of BLIP-2's three masks, then
 (every `cross_attention_every`-th layer) cross-attention from the query slots to the frozen vision
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlalign.errors import ConfigError
+from vlalign.models.sources import load_or_explain, parse_source
 
 MASK_MODES = ("unimodal", "bidirectional", "multimodal_causal")
 
@@ -239,9 +240,7 @@ def bert_to_query_former(bert_state: dict[str, torch.Tensor], layers: int) -> di
 def build_query_former(text_source: str, num_queries: int, vision_dim: int, cross_attention_every: int = 2,
                        dropout: float = 0.1):
     """A QueryFormer initialised from a BERT-family encoder, plus its tokenizer with a [DEC] token added."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from vlalign.models.sources import load_or_explain, parse_source
+    from transformers import AutoModel, AutoTokenizer  # only query connectors pay this import
 
     location = parse_source(text_source).location
     bert = load_or_explain(location, "Q-Former text encoder", lambda: AutoModel.from_pretrained(location))

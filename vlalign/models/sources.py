@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from vlalign.errors import ModelSourceError
+from vlalign.files import write_folder_once
 
 PACKAGED_GGUF = {
     # alias -> (PyPI package, file inside it, install hint)
@@ -105,12 +105,9 @@ def hf_folder_for_gguf(gguf_path: str) -> Path:
     model.hf_quantizer = None
     model.config.quantization_config = None
     del model.config.quantization_config
-    staging = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    try:
-        staging.rename(target)
-    except OSError:  # another process finished first; theirs is complete
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    def write(staging: Path) -> None:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+
+    return write_folder_once(target, write)  # another process may finish first; theirs is complete

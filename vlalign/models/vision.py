@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from vlalign.errors import ModelSourceError
+from vlalign.models.checkpoint_io import load_tensor_file
+from vlalign.models.efficientnet_lite import DEFAULT_IMAGE_SIZE, TFLITE_MEAN, TFLITE_STD, load_efficientnet_lite0
 from vlalign.models.sources import Source, load_or_explain, parse_source
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -134,9 +136,6 @@ def load_vision_tower(source_text: str, feature_layer: int = -2, select: str = "
                       image_size: int | None = None, feature_stage: int | None = None) -> VisionTower:
     source = parse_source(source_text)
     if source.kind == "packaged-vision":
-        from vlalign.models.efficientnet_lite import (
-            DEFAULT_IMAGE_SIZE, TFLITE_MEAN, TFLITE_STD, load_efficientnet_lite0)
-
         return FeatureMapTower(load_efficientnet_lite0(), source_text, image_size or DEFAULT_IMAGE_SIZE,
                                TFLITE_MEAN, TFLITE_STD, select, feature_stage)
     if source.kind == "timm":
@@ -172,8 +171,6 @@ def _timm_tower(source: Source, source_text: str, image_size: int | None, select
     except RuntimeError as exc:
         raise ModelSourceError(f"vision tower {source_text!r}: timm has no model {source.location!r}") from exc
     if source.weights:
-        from vlalign.models.checkpoint_io import load_tensor_file
-
         state = load_tensor_file(source.weights)
         missing, unexpected = model.load_state_dict(state, strict=False)
         unexpected = [k for k in unexpected if not k.startswith(("classifier.", "head.", "fc."))]

@@ -7,16 +7,30 @@ tower's inner prefix at most, not a rewrite.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from vlalign.config import ModelConfig
-from vlalign.models.connectors import build_connector
+from vlalign.models.connectors import ConnectorOutput, build_connector
 from vlalign.models.llm import load_llm
 from vlalign.models.vision import VisionTower, load_vision_tower
+
+
+@dataclass(frozen=True)
+class ForwardRequest:
+    """What the objectives need from a forward pass, declared by each objective and merged once per run."""
+
+    run_llm: bool = True  # False: tower and connector only (Q-Former pre-training has no LLM term)
+    connector_aux: frozenset[str] = frozenset()  # auxiliary connector outputs, e.g. {"reconstruction"}
+
+    @staticmethod
+    def merge(requests) -> "ForwardRequest":
+        requests = list(requests)
+        return ForwardRequest(run_llm=any(r.run_llm for r in requests) if requests else True,
+                              connector_aux=frozenset().union(*(r.connector_aux for r in requests)))
 
 
 @dataclass
@@ -29,7 +43,8 @@ class ModelOutput:
     visual_tokens: torch.Tensor | None  # [num_images, Nv, D] projected, before the LLM
     inputs_embeds: torch.Tensor | None  # [B, T, D] what the LLM saw
     lm_head: nn.Module
-    connector_output: Any = None  # what a query connector hands its stage-1 objective (QueryOutput)
+    # Named auxiliary connector tensors (e.g. a query connector's final_queries); empty without images.
+    connector_aux: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def logits_at(self, positions: torch.Tensor) -> torch.Tensor:
         """Logits [K, V] at the K True positions of a [B, T] mask: avoids a full [B, T, V] tensor."""
@@ -77,18 +92,27 @@ class VisionLanguageModel(nn.Module):
     def hidden_size(self) -> int:
         return self.language_model.get_input_embeddings().weight.shape[1]
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.encode_images_with_extras(pixel_values)[0]
+    def token_grid(self) -> tuple[int, int, int] | None:
+        """(prefix tokens, rows, cols) of the visual tokens, or None for a connector without a patch grid."""
+        window = self.multi_modal_projector.window
+        if window is None:
+            return None
+        rows, cols = (math.ceil(side / window) for side in self.vision_tower.grid)
+        prefix = self.num_visual_tokens - rows * cols
+        return (prefix, rows, cols) if prefix >= 0 else None
 
-    def encode_images_with_extras(self, pixel_values: torch.Tensor):
-        """(visual tokens [num_images, Nv, D], the connector's extras for its objectives or None)."""
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.encode_images_with_aux(pixel_values).tokens
+
+    def encode_images_with_aux(self, pixel_values: torch.Tensor, aux: frozenset[str] = frozenset()) -> ConnectorOutput:
+        """Visual tokens [num_images, Nv, D] and the auxiliary connector tensors named in `aux`."""
         tower_trains = any(p.requires_grad for p in self.vision_tower.parameters())
         with torch.set_grad_enabled(tower_trains and torch.is_grad_enabled()):
             vision_tokens = self.vision_tower(pixel_values)
-        visual_tokens, extras = self.multi_modal_projector.encode(vision_tokens, self.vision_tower.grid, pixel_values)
-        if visual_tokens.shape[1] != self.num_visual_tokens:
-            raise RuntimeError(f"connector produced {visual_tokens.shape[1]} tokens, expected {self.num_visual_tokens}")
-        return visual_tokens, extras
+        encoded = self.multi_modal_projector.encode(vision_tokens, self.vision_tower.grid, pixel_values, aux)
+        if encoded.tokens.shape[1] != self.num_visual_tokens:
+            raise RuntimeError(f"connector produced {encoded.tokens.shape[1]} tokens, expected {self.num_visual_tokens}")
+        return encoded
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, encoded=None):
         """Token embeddings with every `<image>` placeholder replaced, in order, by a visual token.
@@ -108,21 +132,21 @@ class VisionLanguageModel(nn.Module):
         return spliced, image_mask, visual_tokens
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                pixel_values: torch.Tensor | None = None, run_llm: bool = True) -> ModelOutput:
-        """run_llm=False: vision tower and connector only (Q-Former pre-training needs no LLM pass)."""
+                pixel_values: torch.Tensor | None = None, request: ForwardRequest = ForwardRequest()) -> ModelOutput:
+        """`request`: what the objectives need (an LLM pass or not, auxiliary connector outputs)."""
         has_images = pixel_values is not None and pixel_values.shape[0] > 0
-        visual_tokens, extras = self.encode_images_with_extras(pixel_values) if has_images else (None, None)
+        encoded = self.encode_images_with_aux(pixel_values, request.connector_aux) if has_images else None
+        visual_tokens, aux = (encoded.tokens, encoded.aux) if encoded is not None else (None, {})
         lm_head = self.language_model.get_output_embeddings()
-        if not run_llm:
+        if not request.run_llm:
             return ModelOutput(hidden_states=None, attention_mask=attention_mask, image_mask=None,
-                               visual_tokens=visual_tokens, inputs_embeds=None, lm_head=lm_head,
-                               connector_output=extras)
+                               visual_tokens=visual_tokens, inputs_embeds=None, lm_head=lm_head, connector_aux=aux)
         inputs_embeds, image_mask, visual_tokens = self.embed(input_ids, pixel_values, visual_tokens)
         decoder_output = self.language_model.get_decoder()(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
         return ModelOutput(hidden_states=decoder_output.last_hidden_state, attention_mask=attention_mask,
                            image_mask=image_mask, visual_tokens=visual_tokens, inputs_embeds=inputs_embeds,
-                           lm_head=lm_head, connector_output=extras)
+                           lm_head=lm_head, connector_aux=aux)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -1,4 +1,4 @@
-"""Contrastive alignment objectives: `eos_contrastive` (seed 000) and `cg_contrastive` (CG-VLM, seed 003).
+"""Contrastive alignment objectives: `eos_contrastive` (Ak et al.) and `cg_contrastive` (CG-VLM).
 
 Both add a term to the generative loss (total = generative + weight x term) and own a learnable
 temperature; both gather their embeddings across ranks so the negatives are the global batch.
@@ -16,21 +16,21 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from vlalign.data.eos_layout import read_positions
 from vlalign.data.templates import IGNORE_INDEX
 from vlalign.distributed import gather_objects, gather_rows
 from vlalign.errors import ConfigError
-from vlalign.models import eos_embedding
-from vlalign.objectives.base import Objective, ObjectiveOptions, Terms, register_objective
-from vlalign.objectives.functional import cg_contrastive
+from vlalign.losses.functional import cg_contrastive
+from vlalign.objectives.base import Objective, ObjectiveOptions, Requires, Terms, register_objective
 from vlalign.objectives.pair_loss import PairLoss
 from vlalign.objectives.temperature import LogitScale
 from vlalign.objectives.text_cache import build_text_cache
 
 
 class EosOptions(ObjectiveOptions):
-    weight: float = 1.0  # seed 000: L_g + L_c with equal weights
+    weight: float = 1.0  # Ak et al.: L_g + L_c with equal weights
     loss: Literal["infonce", "sigmoid"] = "infonce"
-    prompt: bool = False  # seed 000 sec. 3.4: "This sentence: ... means:" / "This {photo|image|picture}: ... means:"
+    prompt: bool = False  # Ak et al. sec. 3.4: "This sentence: ... means:" / "This {photo|image|picture}: ... means:"
     read: Literal["eos", "before_eos"] = "eos"  # which state is the embedding: the appended [EOS] (the paper)
     temperature: float = Field(0.07, gt=0)  # CLIP's init; learnable, scale clamped at max_logit_scale
     max_logit_scale: float = 100.0
@@ -38,24 +38,30 @@ class EosOptions(ObjectiveOptions):
     cache_batch_size: int = Field(32, ge=1)
 
 
+# Stage-1 objectives: every sample has an image, so every rank joins every gather (a rank with a text-only
+# batch skipping a collective would hang the others).
+STAGE1_PAIRS = "it is a stage-1 alignment objective on image-caption pairs"
+
+
 @register_objective("eos_contrastive")
 class EosContrastive(Objective):
     Options = EosOptions
+    # The caption embeddings are pre-extracted once from the frozen LLM (Ak et al., stage 1); a trainable
+    # LLM would leave them stale.
+    requires = Requires(data_format="plain", frozen_llm=True,
+                        why=STAGE1_PAIRS + "; its caption embeddings come from the frozen stage-1 LLM")
 
     def __init__(self, options: EosOptions, model):
         super().__init__(options, model)
         self.pair_loss = PairLoss(options.loss, options.temperature, options.max_logit_scale)
         self.text_embeddings = None  # [N, D] memory map, row = dataset index; set by prepare()
 
-    def data_requirements(self) -> dict:
-        return {"image_eos": {"prompt": self.options.prompt}}
+    @classmethod
+    def sample_fields(cls, options: EosOptions) -> dict[str, dict]:
+        # the image-EOS position exists only in the plain_image_eos layout, which takes `prompt`
+        return {"image_eos_position": {"prompt": options.prompt}, "index": {}}
 
     def prepare(self, model, dataset, accelerator) -> None:
-        _require_plain(self.name, dataset)
-        if any(p.requires_grad for p in model.language_model.parameters()):
-            raise ConfigError("eos_contrastive pre-extracts caption embeddings from the frozen LLM (seed 000, "
-                              "stage 1); with a trainable LLM they would go stale. Use it in stage 1 with "
-                              "train.tune.llm: frozen")
         texts = [record.turns[-1].text.strip() for record in dataset.records]
         data_file = dataset.records[0].source_file if dataset.records else None
         if data_file is None:
@@ -65,26 +71,15 @@ class EosContrastive(Objective):
                 model, texts, data_file, self.options.prompt, self.options.read, dataset.max_length,
                 self.options.text_cache, self.options.cache_batch_size, progress=accelerator.is_main_process)
 
-    def forward(self, output, batch) -> Terms:
+    def forward(self, output, batch, model) -> Terms:
         if self.text_embeddings is None:
             raise RuntimeError("eos_contrastive.prepare() was not called: no caption embeddings")
-        if batch.image_eos_positions is None or (batch.image_eos_positions < 0).any():
-            raise RuntimeError("eos_contrastive needs every sample laid out with its image EOS "
-                               "(data_requirements were not applied to the dataset)")
         rows = torch.arange(len(batch), device=output.hidden_states.device)
-        positions = eos_embedding.read_positions(batch.image_eos_positions, self.options.read)
+        positions = read_positions(batch.extras["image_eos_position"], self.options.read)
         image_side = output.hidden_states[rows, positions.to(rows.device)]
-        text_side = torch.from_numpy(self.text_embeddings[batch.indices]).to(image_side.device, torch.float32)
+        text_side = torch.from_numpy(self.text_embeddings[batch.extras["index"]]).to(image_side.device, torch.float32)
         loss, logged = self.pair_loss(image_side, text_side)
         return Terms({self.name: loss}, {f"{self.name}_{key}": value for key, value in logged.items()})
-
-
-def _require_plain(name: str, dataset) -> None:
-    # Stage-1 objectives: every sample has an image, so every rank joins every gather (a rank with a
-    # text-only batch skipping a collective would hang the others).
-    if dataset.fmt != "plain":
-        raise ConfigError(f"{name} is a stage-1 alignment objective: it needs data.format: plain "
-                          f"(image-caption pairs), got {dataset.fmt!r}")
 
 
 class CgOptions(ObjectiveOptions):
@@ -102,16 +97,14 @@ class CgContrastive(Objective):
     """
 
     Options = CgOptions
+    requires = Requires(data_format="plain", why=STAGE1_PAIRS)
 
     def __init__(self, options: CgOptions, model):
         super().__init__(options, model)
         self.logit_scale = LogitScale(options.temperature, max_scale=options.max_logit_scale)
         self.special_ids = sorted(set(model.tokenizer.all_special_ids))
 
-    def prepare(self, model, dataset, accelerator) -> None:
-        _require_plain(self.name, dataset)
-
-    def forward(self, output, batch) -> Terms:
+    def forward(self, output, batch, model) -> Terms:
         if output.visual_tokens is None:
             raise ValueError("cg_contrastive: the batch has no images")
         image_rows = batch.has_image.nonzero().flatten()

@@ -1,4 +1,4 @@
-"""Next-token prediction on the supervised tokens (the LLaVA baseline; seed 000 Eq. 2, seed 003 Eq. 2/6)."""
+"""Next-token prediction on the supervised tokens (the LLaVA baseline; Ak et al. Eq. 2, CG-VLM Eq. 2/6)."""
 
 from __future__ import annotations
 
@@ -22,5 +22,5 @@ def next_token_loss(output, labels):
 
 @register_objective("generative")
 class Generative(Objective):
-    def forward(self, output, batch) -> Terms:
+    def forward(self, output, batch, model) -> Terms:
         return Terms({self.name: next_token_loss(output, batch.labels)})

@@ -13,7 +13,7 @@ from torch import nn
 
 from vlalign.distributed import gather_rows
 from vlalign.errors import ConfigError
-from vlalign.objectives.functional import info_nce, sigmoid_contrastive
+from vlalign.losses.functional import info_nce, sigmoid_contrastive
 from vlalign.objectives.temperature import LogitScale, SigmoidScale
 
 LossKind = Literal["infonce", "sigmoid"]

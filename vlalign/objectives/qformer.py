@@ -1,4 +1,4 @@
-"""Q-Former / X-Former pre-training (BLIP-2; seed 002 stage 1): ITC, ITM, ITG (+ MAE reconstruction).
+"""Q-Former / X-Former pre-training (BLIP-2; X-Former stage 1): ITC, ITM, ITG (+ MAE reconstruction).
 
 - ITC: each image's projected final queries vs the caption's projected [CLS] (text-only pass: BLIP-2's
   unimodal mask), similarity = best query, in-batch negatives gathered across ranks, learnable temperature.
@@ -6,7 +6,8 @@
   logits averaged over queries; per image one hard-negative caption and per caption one hard-negative
   image, drawn from the ITC similarities (positives, including identical captions, never drawn).
 - ITG: [final queries ; [DEC] caption] under the multimodal causal mask, next-token loss on the caption.
-- reconstruction (`xformer` only): the MAE decoder's masked-patch MSE, computed by the connector.
+- reconstruction (`xformer` only): the masked-patch MSE between the MAE decoder's prediction and the
+  image's patches, from the tensors the connector returns when the forward pass asks for `reconstruction`.
 
 `qformer` on an `xformer` connector is the paper's "no reconstruction" ablation (Table 3.2 row 1): the MAE
 branch runs on the whole image and nothing asks it to reconstruct. No LLM pass runs for these terms.
@@ -20,8 +21,9 @@ from pydantic import Field
 
 from vlalign.distributed import gather_rows
 from vlalign.errors import ConfigError
-from vlalign.objectives.base import Objective, ObjectiveOptions, Terms, register_objective
-from vlalign.objectives.functional import qformer_itc, qformer_similarity, sample_hard_negatives
+from vlalign.losses.functional import masked_patch_mse, qformer_itc, qformer_similarity, sample_hard_negatives
+from vlalign.models.vlm import ForwardRequest
+from vlalign.objectives.base import Objective, ObjectiveOptions, Requires, Terms, register_objective
 from vlalign.objectives.temperature import LogitScale
 
 
@@ -34,18 +36,6 @@ class QFormerOptions(ObjectiveOptions):
     max_logit_scale: float = 100.0
     itc_label_smoothing: float = Field(0.1, ge=0, lt=1)  # LAVIS' BLIP-2 ITC uses 0.1
     itg_label_smoothing: float = Field(0.1, ge=0, lt=1)  # and 0.1 for ITG
-
-
-def _query_connector(model, name: str):
-    from vlalign.models.query_connectors import QFormerConnector, XFormerConnector
-
-    connector = model.multi_modal_projector
-    wanted = XFormerConnector if name == "xformer" else QFormerConnector
-    if not isinstance(connector, wanted):
-        raise ConfigError(f"objective {name!r} trains a query connector: set model.connector: "
-                          f"{'xformer' if name == 'xformer' else 'qformer (or xformer)'}, "
-                          f"not {model.config.connector!r}")
-    return connector
 
 
 def itm_pairs(similarity: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,44 +56,39 @@ def itm_pairs(similarity: torch.Tensor, captions: list[str]) -> tuple[torch.Tens
 @register_objective("qformer")
 class QFormerObjective(Objective):
     Options = QFormerOptions
-    needs_llm = False
+    requires = Requires(data_format="plain", connectors=("qformer", "xformer"),
+                        why="it pre-trains a query connector on image-caption pairs")
+    forward_request = ForwardRequest(run_llm=False)  # reads only the connector's output
 
     def __init__(self, options: QFormerOptions, model):
         super().__init__(options, model)
-        # Kept outside the module tree: the connector's parameters belong to the model, not to the objectives.
-        object.__setattr__(self, "connector", _query_connector(model, self.name))
         self.logit_scale = LogitScale(options.temperature, max_scale=options.max_logit_scale)
 
-    @property
-    def reconstructs(self) -> bool:
-        return False
+    @classmethod
+    def term_weights(cls, options: QFormerOptions) -> dict[str, float]:
+        weights = {"itc": options.itc_weight, "itm": options.itm_weight, "itg": options.itg_weight}
+        if "reconstruction" in cls.forward_request.connector_aux:
+            weights["reconstruction"] = options.reconstruction_weight
+        return {name: options.weight * value for name, value in weights.items()}
 
-    def term_weights(self) -> dict[str, float]:
-        o = self.options
-        weights = {"itc": o.itc_weight, "itm": o.itm_weight, "itg": o.itg_weight}
-        if self.reconstructs:
-            weights["reconstruction"] = o.reconstruction_weight
-        return {name: o.weight * value for name, value in weights.items()}
+    @classmethod
+    def sample_fields(cls, options: QFormerOptions) -> dict[str, dict]:
+        return {"caption": {}}  # what the text branch reads
 
     def prepare(self, model, dataset, accelerator) -> None:
-        if dataset.fmt != "plain":
-            raise ConfigError(f"{self.name} pre-trains on image-caption pairs: it needs data.format: plain, "
-                              f"got {dataset.fmt!r}")
-        if not any(p.requires_grad for p in self.connector.former.parameters()):
+        if not any(p.requires_grad for p in model.multi_modal_projector.former.parameters()):
             raise ConfigError(f"{self.name}: the Q-Former is frozen (train.tune.connector or "
                               f"connector_options.freeze_former); nothing would learn")
-        self.connector.reconstruct = self.reconstructs
 
-    def forward(self, output, batch) -> Terms:
-        out = output.connector_output
-        if out is None:
+    def forward(self, output, batch, model) -> Terms:
+        queries = output.connector_aux.get("final_queries")
+        if queries is None:
             raise ValueError(f"{self.name}: the batch has no images")
-        queries = out.final_queries
         if queries.shape[0] != len(batch):
             missing = [rid for rid, has in zip(batch.record_ids, batch.has_image.tolist()) if not has]
             raise ValueError(f"{self.name}: every record needs an image; records without one: {missing}")
-        connector = self.connector
-        ids, mask, cut = connector.tokenize(batch.captions, queries.device)
+        connector, captions = model.multi_modal_projector, batch.extras["caption"]
+        ids, mask, cut = connector.tokenize(captions, queries.device)
         image_embeds, text_embeds = connector.itc_embeddings(queries, ids, mask)
         images_all, _ = gather_rows(image_embeds.float())
         texts_all, _ = gather_rows(text_embeds.float())
@@ -111,39 +96,33 @@ class QFormerObjective(Objective):
         losses = {"itc": qformer_itc(images_all, texts_all, scale, self.options.itc_label_smoothing)}
         with torch.no_grad():
             similarity = qformer_similarity(image_embeds.float(), text_embeds.float())
-        losses["itm"], itm_accuracy, itm_rows = self._itm(queries, ids, mask, similarity, batch.captions)
-        losses["itg"] = self._itg(queries, ids, mask)
+        losses["itm"], itm_accuracy, itm_rows = self._itm(connector, queries, ids, mask, similarity, captions)
+        losses["itg"] = self._itg(connector, queries, ids, mask)
         metrics = {"itc_logit_scale": float(scale.detach()), "itm_accuracy": itm_accuracy,
                    "itm_rows": float(itm_rows), "qformer_text_truncated": float(cut)}
-        if self.reconstructs:
-            if out.reconstruction_loss is None:
-                raise RuntimeError("xformer: the connector computed no reconstruction (prepare() not called, "
-                                   "or the model is in eval mode)")
-            losses["reconstruction"] = out.reconstruction_loss
-            metrics["mae_masked_fraction"] = out.masked_fraction
         return Terms(losses, metrics)
 
-    def _itm(self, queries, ids, mask, similarity, captions) -> tuple[torch.Tensor, float, int]:
+    def _itm(self, connector, queries, ids, mask, similarity, captions) -> tuple[torch.Tensor, float, int]:
         rows, negative_text, negative_image = itm_pairs(similarity, captions)
         if len(rows) == 0:  # every caption identical: no negative exists; keep the graph connected
             return queries.sum() * 0.0, float("nan"), 0
         all_queries = torch.cat([queries, queries[rows], queries[negative_image]])
         all_ids = torch.cat([ids, ids[negative_text], ids[rows]])
         all_mask = torch.cat([mask, mask[negative_text], mask[rows]])
-        states = self.connector.former.joint(all_queries, all_ids, all_mask, "bidirectional")
-        logits = self.connector.itm_head(states[:, :queries.shape[1]]).mean(dim=1)
+        states = connector.former.joint(all_queries, all_ids, all_mask, "bidirectional")
+        logits = connector.itm_head(states[:, :queries.shape[1]]).mean(dim=1)
         labels = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
         labels[:len(queries)] = 1
         accuracy = float((logits.argmax(dim=1) == labels).float().mean())
         return F.cross_entropy(logits.float(), labels), accuracy, len(rows)
 
-    def _itg(self, queries, ids, mask) -> torch.Tensor:
+    def _itg(self, connector, queries, ids, mask) -> torch.Tensor:
         decoder_ids = ids.clone()
-        decoder_ids[:, 0] = self.connector.text_tokenizer.bos_token_id  # [DEC] replaces [CLS]
-        states = self.connector.former.joint(queries, decoder_ids, mask, "multimodal_causal")
+        decoder_ids[:, 0] = connector.text_tokenizer.bos_token_id  # [DEC] replaces [CLS]
+        states = connector.former.joint(queries, decoder_ids, mask, "multimodal_causal")
         text_states = states[:, queries.shape[1]:]
         predicting = mask[:, 1:].bool()  # logits only where a next token exists: the 30K-word head is costly
-        logits = self.connector.former.lm_logits(text_states[:, :-1][predicting])
+        logits = connector.former.lm_logits(text_states[:, :-1][predicting])
         return F.cross_entropy(logits.float(), decoder_ids[:, 1:][predicting],
                                label_smoothing=self.options.itg_label_smoothing)
 
@@ -152,6 +131,15 @@ class QFormerObjective(Objective):
 class XFormerObjective(QFormerObjective):
     """ITC + ITM + ITG on X-Former's final queries, plus the MAE reconstruction loss."""
 
-    @property
-    def reconstructs(self) -> bool:
-        return True
+    requires = Requires(data_format="plain", connectors=("xformer",),
+                        why="its reconstruction term needs the X-Former's MAE branch")
+    forward_request = ForwardRequest(run_llm=False, connector_aux=frozenset({"reconstruction"}))
+
+    def forward(self, output, batch, model) -> Terms:
+        terms = super().forward(output, batch, model)
+        aux = output.connector_aux
+        mask = aux["reconstruction_mask"]
+        terms.losses["reconstruction"] = masked_patch_mse(aux["reconstruction_predicted"], aux["reconstruction_target"],
+                                                          mask, model.multi_modal_projector.norm_pix_loss)
+        terms.metrics["mae_masked_fraction"] = float(mask.mean())
+        return terms

@@ -1,7 +1,7 @@
-"""SEA (seed 001): token-level supervised embedding alignment.
+"""SEA: token-level supervised embedding alignment.
 
-Offline (`vlalign label-patches`, vlalign.labels): a CLIP-like dual encoder labels every patch with its
-top-n words by cosine similarity, negatives dropped (Eqs. 4-6) -> `label_patches`.
+Offline (`vlalign label-patches`, vlalign.dual_encoder.labeller): a CLIP-like dual encoder labels every
+patch with its top-n words by cosine similarity, negatives dropped (Eqs. 4-6, vlalign.labels.topn).
 Online (objective `sea`), per step:
   1. per image, at most one patch per k x k window of the visual-token grid, among patches that have a
      label (Sec. 4.2, "localized sampling"); a patch without any label is never drawn;
@@ -27,45 +27,11 @@ from pydantic import Field
 
 from vlalign.distributed import gather_rows, rank
 from vlalign.errors import ConfigError, DataError
-from vlalign.objectives.base import Objective, ObjectiveOptions, Terms, register_objective
-from vlalign.objectives.functional import info_nce
+from vlalign.labels.cache import LabelCache
+from vlalign.labels.grid import grid_mapping, map_labels
+from vlalign.losses.functional import info_nce
+from vlalign.objectives.base import Objective, ObjectiveOptions, Requires, Terms, register_objective
 from vlalign.objectives.temperature import LogitScale
-
-SIMILARITY_BLOCK = 1 << 24  # patch x word similarities computed per block: bounds memory for 64K-word lists
-
-
-def label_patches(patch_embeds: torch.Tensor, word_embeds: torch.Tensor, top_n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-n words per patch by cosine similarity (seed 001 Eqs. 4-6).
-
-    patch_embeds [P, D], word_embeds [W, D], unnormalised -> (indices [P, top_n] int64, scores [P, top_n]
-    float32), sorted descending per patch. Similarities below 0 are not labels: index -1, score 0 (so are
-    the slots beyond W when the list has fewer than top_n words).
-    """
-    if patch_embeds.dim() != 2 or word_embeds.dim() != 2 or patch_embeds.shape[1] != word_embeds.shape[1]:
-        raise ValueError(f"label_patches: patch_embeds {tuple(patch_embeds.shape)} and word_embeds "
-                         f"{tuple(word_embeds.shape)} must be [P, D] and [W, D] with the same D")
-    if word_embeds.shape[0] == 0:
-        raise ValueError("label_patches: the word list is empty")
-    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
-        raise ValueError(f"label_patches: top_n must be an integer >= 1, got {top_n!r}")
-    words = F.normalize(word_embeds.float(), dim=-1)
-    keep = min(top_n, words.shape[0])
-    rows = max(1, SIMILARITY_BLOCK // words.shape[0])
-    scores, indices = [], []
-    for start in range(0, patch_embeds.shape[0], rows):
-        similarity = F.normalize(patch_embeds[start:start + rows].float(), dim=-1) @ words.T
-        block_scores, block_indices = similarity.topk(keep, dim=1)  # sorted, largest first
-        scores.append(block_scores)
-        indices.append(block_indices)
-    scores = torch.cat(scores) if scores else words.new_zeros((0, keep))
-    indices = torch.cat(indices) if indices else torch.zeros((0, keep), dtype=torch.long, device=words.device)
-    negative = scores < 0
-    indices = indices.masked_fill(negative, -1)
-    scores = scores.masked_fill(negative, 0.0)
-    if keep < top_n:
-        indices = F.pad(indices, (0, top_n - keep), value=-1)
-        scores = F.pad(scores, (0, top_n - keep), value=0.0)
-    return indices.long(), scores
 
 
 def sample_window_patches(has_label: torch.Tensor, window: int,
@@ -137,8 +103,8 @@ def _seed(*parts) -> int:
 
 
 class SeaOptions(ObjectiveOptions):
-    # lambda of Eq. 11. Seed 001 states no value (Sec. 5.1 gives n = 10, the 2x2 window, a learnable
-    # temperature); 1.0 weighs the terms equally, as seed 000 and CG-VLM do for theirs.
+    # lambda of Eq. 11. SEA states no value (Sec. 5.1 gives n = 10, the 2x2 window, a learnable
+    # temperature); 1.0 weighs the terms equally, as Ak et al. and CG-VLM do for theirs.
     weight: float = Field(1.0, ge=0)
     labels: str  # the folder `vlalign label-patches --out` wrote
     window: int = Field(2, ge=1)  # k of the k x k sampling window (Sec. 5.1: 2x2)
@@ -151,12 +117,15 @@ class SeaOptions(ObjectiveOptions):
 @register_objective("sea")
 class Sea(Objective):
     Options = SeaOptions
+    requires = Requires(connector_kind="patch", why="SEA aligns visual tokens that sit on the patch grid")
+
+    @classmethod
+    def sample_fields(cls, options: SeaOptions) -> dict[str, dict]:
+        return {"image_key": {}, "index": {}}  # labels are looked up by image; draws are seeded by both
 
     def __init__(self, options: SeaOptions, model):
         super().__init__(options, model)
-        from vlalign.eval.alignment_run import token_grid  # lazy: the eval package imports the data stack
-
-        grid = token_grid(model)
+        grid = model.token_grid()
         if grid is None:
             raise ConfigError(f"sea needs visual tokens on a patch grid; connector "
                               f"{model.config.connector!r} has none")
@@ -165,15 +134,9 @@ class Sea(Objective):
         self.logit_scale = LogitScale(options.temperature, max_scale=options.max_logit_scale,
                                       learnable=options.learnable_temperature)
         self.cache = None  # LabelCache, opened by prepare()
-        # The LLM's input embedding, held without registering it as a submodule: its weights must not be
-        # saved (or optimised) a second time as objective parameters.
-        object.__setattr__(self, "_embedding", model.language_model.get_input_embeddings())
         self._word_ids: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def prepare(self, model, dataset, accelerator) -> None:
-        from vlalign.labels.cache import LabelCache
-        from vlalign.labels.grid import grid_mapping
-
         self.open_labels(LabelCache(self.options.labels), model)
         try:
             grid_mapping(self.cache.grid, self.token_grid)
@@ -214,12 +177,10 @@ class Sea(Objective):
 
     def _sample_local(self, output, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's (visual tokens [n, D], word ids [n]) after window and label sampling."""
-        from vlalign.labels.grid import map_labels
-
         visual = output.visual_tokens
         if visual is None:  # a text-only batch: no pairs here, but still join the gathers below
             return output.inputs_embeds.new_zeros((0, self.hidden_size)), torch.zeros(0, dtype=torch.long)
-        keys = batch.image_keys
+        keys = [key for key in batch.extras["image_key"] if key is not None]  # one per image, in pixel order
         if len(keys) != visual.shape[0]:
             raise RuntimeError(f"sea: {visual.shape[0]} images in the batch but {len(keys)} image keys")
         rows, cols = self.token_grid
@@ -235,13 +196,13 @@ class Sea(Objective):
             raise DataError(str(exc), reason="missing_labels", record_id=image_records[bad], field="image") from None
         indices, scores = map_labels(torch.from_numpy(indices), torch.from_numpy(scores), self.cache.grid,
                                      self.token_grid, keys[0])
-        generator = torch.Generator().manual_seed(_seed(self.options.seed, rank(), keys, batch.indices))
+        generator = torch.Generator().manual_seed(_seed(self.options.seed, rank(), keys, batch.extras["index"]))
         has_label = (indices >= 0).any(dim=-1).reshape(len(keys), rows, cols)
         image, cell = sample_window_patches(has_label, self.options.window, generator)
         words = sample_labels(indices[image, cell], scores[image, cell], generator)
         return tokens[image.to(tokens.device), cell.to(tokens.device)], words
 
-    def forward(self, output, batch) -> Terms:
+    def forward(self, output, batch, model) -> Terms:
         if self.cache is None:
             raise RuntimeError("sea.prepare() was not called: no patch labels")
         scale = self.logit_scale()
@@ -258,6 +219,6 @@ class Sea(Objective):
             zero = scale * 0.0 + (output.visual_tokens.sum() * 0.0 if output.visual_tokens is not None else 0.0)
             return Terms({self.name: zero}, metrics)
         keep = keep.to(device)
-        features = self.label_features(all_words[keep], self._embedding.weight)
+        features = self.label_features(all_words[keep], model.language_model.get_input_embeddings().weight)
         loss = info_nce(all_tokens[keep], features, scale)
         return Terms({self.name: loss}, metrics)

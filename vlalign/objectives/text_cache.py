@@ -1,4 +1,4 @@
-"""Pre-extracted caption embeddings for `eos_contrastive` (seed 000 sec. 4.1: "We pre-extract text
+"""Pre-extracted caption embeddings for `eos_contrastive` (Ak et al. sec. 4.1: "We pre-extract text
 embeddings to save computation during the first stage").
 
 In stage 1 the LLM is frozen, so a caption's EOS embedding never changes: compute it once per dataset
@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlalign.models import eos_embedding
+from vlalign.files import write_file_atomically
+from vlalign.data.eos_layout import TEXT_TEMPLATE, read_positions, text_inputs
+from vlalign.models.eos_embedding import eos_states
 
 CHUNK_ROWS = 256  # rows per flush: what an interruption can lose
 
@@ -81,9 +83,7 @@ class TextEmbeddingCache:
         return array
 
     def _write_json(self, name: str, payload: dict) -> None:
-        staging = self.folder / f".{name}.tmp"
-        staging.write_text(json.dumps(payload))
-        staging.replace(self.folder / name)  # atomic: a reader sees the old or the new file, never half
+        write_file_atomically(self.folder / name, json.dumps(payload))  # a reader never sees half a file
 
     def fill(self, embed_rows, texts: list[str], batch_size: int, description: dict, progress: bool = True) -> None:
         """Embed `texts[rows_done:]` with `embed_rows(list[str]) -> [n, D]`, flushing every CHUNK_ROWS rows."""
@@ -112,7 +112,7 @@ class TextEmbeddingCache:
 def build_text_cache(model, texts: list[str], data_file: str | Path, prompt: bool, read: str, max_length: int,
                      root: str | Path | None = None, batch_size: int = 32, progress: bool = True) -> np.ndarray:
     """The [N, D] caption embeddings for `texts` (row i = dataset record i), building what is missing."""
-    settings = {"text_template": eos_embedding.TEXT_TEMPLATE if prompt else None, "read": read,
+    settings = {"text_template": TEXT_TEMPLATE if prompt else None, "read": read,
                 "max_length": max_length}
     key = cache_key(llm_fingerprint(model.language_model, model.tokenizer), settings, file_digest(data_file))
     cache = TextEmbeddingCache((Path(root) if root else default_root()) / key, len(texts), model.hidden_size)
@@ -121,10 +121,10 @@ def build_text_cache(model, texts: list[str], data_file: str | Path, prompt: boo
 
         @torch.no_grad()
         def embed_rows(batch: list[str]) -> torch.Tensor:
-            inputs = eos_embedding.text_inputs(model.tokenizer, batch, prompt, max_length)
+            inputs = text_inputs(model.tokenizer, batch, prompt, max_length)
             device = model.language_model.get_input_embeddings().weight.device
             output = model(inputs.input_ids.to(device), inputs.attention_mask.to(device), None)
-            return eos_embedding.eos_states(output.hidden_states, eos_embedding.read_positions(inputs.eos_positions, read))
+            return eos_states(output.hidden_states, read_positions(inputs.eos_positions, read))
 
         cache.fill(embed_rows, texts, batch_size, {"data_file": str(data_file), **settings}, progress)
     return cache.open("r")

@@ -25,24 +25,30 @@ from safetensors.torch import load_file, save_file
 
 from vlalign.config import RunConfig, dump_config
 from vlalign.errors import ConfigError
+from vlalign.files import publish_folder, staging_folder
 
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
-def _is_saved(name: str, param) -> bool:
-    if name.startswith("multi_modal_projector.mae_branch.mae.") and not param.requires_grad:
-        return False  # X-Former's frozen MAE reloads from its source (a ViT-H MAE would add 2.5 GB)
-    return param.requires_grad or name.startswith("multi_modal_projector.") or "lora_" in name
+def saved_parameter_ids(model) -> set[int]:
+    """Which of the model's parameters a checkpoint holds: every trainable one, LoRA's, and the whole
+    connector (it exists in no base source) except what the connector declares it reloads from a source
+    of its own (`Connector.source_modules`, e.g. X-Former's frozen MAE)."""
+    connector = model.multi_modal_projector
+    sourced = {id(p) for module in connector.source_modules() for p in module.parameters() if not p.requires_grad}
+    kept = {id(p) for p in connector.parameters() if id(p) not in sourced}
+    kept |= {id(p) for name, p in model.named_parameters() if p.requires_grad or "lora_" in name}
+    return kept
 
 
 def weights_to_save(model, objectives, gathered: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Weights not in the base sources. `gathered`: a full state dict of the TrainingModule, needed when
     FSDP / ZeRO-3 shard parameters (the local tensors are then only shards)."""
-    named = {}
+    named, saved = {}, saved_parameter_ids(model)
     for name, param in model.named_parameters():
-        if _is_saved(name, param):
+        if id(param) in saved:
             named[name] = gathered[f"model.{name}"] if gathered is not None else param
     for name, param in objectives.named_parameters():
         named[f"objectives.{name}"] = gathered[f"objectives.{name}"] if gathered is not None else param
@@ -86,7 +92,7 @@ def save_checkpoint(target: str | Path, accelerator, *, model, objectives, confi
     `rank_state`: this rank's own counters (skips, truncations), stored beside its RNG state."""
     target = Path(target)
     gathered = _gathered_state(accelerator, wrapped)
-    staging = target.with_name(f".{target.name}.tmp")
+    staging = staging_folder(target)
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -109,9 +115,7 @@ def save_checkpoint(target: str | Path, accelerator, *, model, objectives, confi
     if accelerator.is_main_process:
         fault_point("before_state")
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        publish_folder(staging, target)
     accelerator.wait_for_everyone()
     return target
 

@@ -1,13 +1,21 @@
-"""The training loop: one readable loop on accelerate for every stage and objective."""
+"""The training engine: one readable loop on accelerate for every stage and objective.
+
+`train()` reads top to bottom: check the config, build the run (`Run`), train epoch by epoch, save.
+The loop's position (step, epoch, batches done, skip and truncation counters) lives in one `TrainState`,
+which checkpoints save and `--resume` restores.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -15,13 +23,14 @@ from vlalign.config import RunConfig, dump_config
 from vlalign.data.build import build_dataset
 from vlalign.data.dataset import Collator, LengthGroupedBatchSampler
 from vlalign.data.llava_json import SkipReport
-from vlalign.distributed import gather_objects, mean_over_ranks, quiesce
+from vlalign.distributed import gather_objects, quiesce
 from vlalign.errors import ConfigError, DataError
 from vlalign.models.vlm import VisionLanguageModel
-from vlalign.objectives import build_objectives
-from vlalign.objectives.base import data_requirements
+from vlalign.objectives import build_objectives, merged_forward_request, merged_sample_fields
 from vlalign.train import checkpoint as ckpt
+from vlalign.train.checks import check_config
 from vlalign.train.optim import build_optimizer, build_scheduler
+from vlalign.train.progress import StepLogger
 from vlalign.train.stages import apply_tune, format_parameter_table, keep_frozen_in_eval, parameter_table
 
 
@@ -32,6 +41,7 @@ class TrainingModule(nn.Module):
         super().__init__()
         self.model = model
         self.objectives = objectives
+        self.request = merged_forward_request(objectives)  # what the forward pass computes, merged once
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -40,19 +50,182 @@ class TrainingModule(nn.Module):
         return self
 
     def forward(self, batch):
-        # Q-Former pre-training reads only the connector: no LLM pass unless some objective needs one.
-        run_llm = any(objective.needs_llm for objective in self.objectives.values())
-        output = self.model(batch.input_ids, batch.attention_mask, batch.pixel_values, run_llm=run_llm)
+        output = self.model(batch.input_ids, batch.attention_mask, batch.pixel_values, request=self.request)
         total = torch.zeros((), dtype=torch.float32, device=batch.input_ids.device)
         losses, metrics = {}, {}
         for objective in self.objectives.values():
-            terms = objective(output, batch)
-            weights = objective.term_weights()
+            terms = objective(output, batch, self.model)
+            weights = objective.term_weights(objective.options)
             for name, value in terms.losses.items():
                 total = total + weights[name] * value.float()
                 losses[name] = value.detach()
             metrics.update(terms.metrics)
         return total, losses, metrics
+
+
+@dataclass
+class TrainState:
+    """Where the loop is. `skips` and `truncated` are this rank's own counts of what it met while training."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_done: int = 0  # of the current epoch
+    truncated: int = 0
+    skips: SkipReport = field(default_factory=SkipReport)
+
+    def shared(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "batches_done": self.batches_done}
+
+    def rank_state(self) -> dict:
+        return {"skips": list(self.skips.entries.items()), "truncated": self.truncated}
+
+    def restore(self, shared: dict, rank_state: dict) -> None:
+        self.step, self.epoch, self.batches_done = shared["step"], shared["epoch"], shared["batches_done"]
+        self.skips.merge(SkipReport(entries=dict(rank_state["skips"])))
+        self.truncated = rank_state["truncated"]
+
+
+@dataclass
+class Run:
+    """Everything one stage's loop works with."""
+
+    config: RunConfig
+    output_dir: Path
+    accelerator: object
+    module: nn.Module  # the prepared (possibly wrapped) TrainingModule
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loader: DataLoader
+    sampler: LengthGroupedBatchSampler
+    recipe: dict
+    total_steps: int
+    load_skips: SkipReport  # met while reading the data file: recounted identically by every start and rank
+    state: TrainState = field(default_factory=TrainState)
+    logger: StepLogger | None = None
+
+    @property
+    def unwrapped(self) -> TrainingModule:
+        return self.accelerator.unwrap_model(self.module)
+
+
+def train(config: RunConfig, resume: bool | str | None = None) -> Path:
+    """Runs one stage; returns the folder of its final checkpoint."""
+    check_config(config)  # before any weights load
+    run = _start(config, resume)
+    try:
+        while run.state.step < run.total_steps:
+            _run_epoch(run)
+    finally:
+        run.logger.close()  # also on errors, so the bar and metrics.jsonl are closed
+    return _finish(run)
+
+
+def _start(config: RunConfig, resume) -> Run:
+    tc = config.train
+    output_dir = Path(tc.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = _make_accelerator(tc, output_dir)
+    resume_from = _resume_folder(resume, output_dir)
+    if resume_from is not None and accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
+        raise ConfigError("--resume under DeepSpeed/FSDP is not supported yet (optimizer state is sharded); "
+                          "resume with DDP or a single process")
+    set_seed(tc.seed, device_specific=True)  # own dropout stream per rank; DDP syncs the init
+    module, recipe = _build_model(config, accelerator)
+    load_skips = SkipReport()
+    loader, sampler = _build_loader(config, module.model, load_skips)
+    for objective in module.objectives.values():
+        objective.prepare(module.model, loader.dataset, accelerator)
+    optimizer = build_optimizer(module, tc)
+    module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
+    total_steps = tc.max_steps or tc.epochs * max(1, math.ceil(len(loader) / tc.grad_accum))
+    scheduler = build_scheduler(getattr(optimizer, "optimizer", optimizer), tc.warmup_ratio, total_steps)
+    run = Run(config, output_dir, accelerator, module, optimizer, scheduler, loader, sampler, recipe, total_steps,
+              load_skips)
+    if resume_from is not None:
+        _restore(run, resume_from)
+    if accelerator.is_main_process:
+        dump_config(config, output_dir / "config.yaml")
+    accelerator.init_trackers("tensorboard")
+    run.logger = StepLogger(accelerator, output_dir, total_steps, run.state.step)
+    module.train()
+    return run
+
+
+def _restore(run: Run, folder: Path) -> None:
+    shared, rank_state = ckpt.restore_training_state(folder, run.accelerator, run.optimizer, run.scheduler)
+    ckpt.load_weights(folder, run.unwrapped.model, run.unwrapped.objectives)
+    run.state.restore(shared, rank_state)
+    state = run.state
+    run.accelerator.print(f"[vlalign] resumed from {folder} at step {state.step} (epoch {state.epoch}, "
+                          f"batch {state.batches_done})")
+
+
+def _run_epoch(run: Run) -> None:
+    """The rest of the current epoch, or until the last step; then the next epoch starts."""
+    state, accelerator = run.state, run.accelerator
+    steps_before, batches_before = state.step, state.batches_done
+    loader = accelerator.skip_first_batches(run.loader, state.batches_done) if state.batches_done else run.loader
+    # accelerate's loaders re-apply their own epoch counter to the sampler on every __iter__; a resumed
+    # run's fresh loader would count from 0, so set both explicitly.
+    loader.set_epoch(state.epoch)
+    run.sampler.set_epoch(state.epoch)
+    for batch in loader:
+        _train_batch(run, batch)
+        if state.step >= run.total_steps:
+            return
+    if state.step == steps_before and state.batches_done > batches_before:
+        raise DataError("a whole epoch gave no training step: every record was skipped",
+                        reason="empty", file=run.config.data.train_file)
+    state.epoch, state.batches_done = state.epoch + 1, 0
+
+
+def _train_batch(run: Run, batch) -> None:
+    state, accelerator, tc = run.state, run.accelerator, run.config.train
+    state.batches_done += 1
+    state.skips.merge(batch.skips)
+    state.truncated += batch.truncated
+    if len(batch) == 0:
+        return  # every record of this batch was skipped (and counted)
+    with accelerator.accumulate(run.module):
+        total, losses, metrics = run.module(batch)
+        accelerator.backward(total)
+        if accelerator.sync_gradients and tc.max_grad_norm:
+            accelerator.clip_grad_norm_(run.module.parameters(), tc.max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    run.logger.accumulate(total, losses, metrics, len(batch))
+    if not accelerator.sync_gradients:
+        return
+    run.scheduler.step()
+    state.step += 1
+    run.logger.step_done(state.step, run.scheduler.get_last_lr()[0],
+                         log=state.step % tc.log_every == 0 or state.step == run.total_steps)
+    if tc.save_every and state.step % tc.save_every == 0 and state.step < run.total_steps:
+        _save(run, run.output_dir / f"checkpoint-{state.step:06d}", resumable=True)
+        if accelerator.is_main_process:
+            ckpt.prune_checkpoints(run.output_dir, tc.keep_checkpoints)
+        ckpt.fault_point(f"after_step_{state.step}")
+
+
+def _save(run: Run, folder: Path, resumable: bool) -> Path:
+    state = {**run.state.shared(), "stage": run.config.train.stage, "recipe": run.recipe,
+             "total_steps": run.total_steps}
+    extra = {"optimizer": run.optimizer, "scheduler": run.scheduler} if resumable else {}
+    unwrapped = run.unwrapped
+    return ckpt.save_checkpoint(folder, run.accelerator, model=unwrapped.model, objectives=unwrapped.objectives,
+                                config=run.config, state=state, wrapped=run.module,
+                                rank_state=run.state.rank_state(), **extra)
+
+
+def _finish(run: Run) -> Path:
+    final = _save(run, run.output_dir / "final", resumable=False)
+    _report_data(run)
+    # The last collectives are behind us: before this process may exit, let the process-group backend let go of
+    # their tensors (vlalign.distributed explains the abort at interpreter exit this prevents).
+    quiesce()
+    run.accelerator.end_training()
+    run.accelerator.print(f"[vlalign] stage {run.config.train.stage} done: {final}")
+    return final
 
 
 def _resume_folder(resume, output_dir: Path) -> Path | None:
@@ -68,9 +241,6 @@ def _resume_folder(resume, output_dir: Path) -> Path | None:
 
 
 def _make_accelerator(tc, output_dir: Path):
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.state import AcceleratorState, GradientState
-
     # accelerate keeps one process-wide state and refuses a second Accelerator with another precision:
     # each train() call (two stages in one process: the demo, notebooks, tests) starts from its own. The
     # distributed set-up (PartialState) is kept.
@@ -97,9 +267,9 @@ def _build_model(config: RunConfig, accelerator) -> tuple[TrainingModule, dict]:
     return TrainingModule(model, objectives), recipe
 
 
-def _build_loader(config: RunConfig, model, objectives, skips: SkipReport):
+def _build_loader(config: RunConfig, model, skips: SkipReport):
     tc = config.train
-    dataset = build_dataset(config, model, skips, data_requirements(objectives))
+    dataset = build_dataset(config, model, skips, merged_sample_fields(config.objectives))
     sampler = LengthGroupedBatchSampler(dataset.estimated_lengths(), tc.batch_size, tc.seed,
                                         config.data.group_by_length)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(model.tokenizer.pad_token_id),
@@ -108,166 +278,15 @@ def _build_loader(config: RunConfig, model, objectives, skips: SkipReport):
     return loader, sampler
 
 
-def train(config: RunConfig, resume: bool | str | None = None) -> Path:
-    """Runs one stage; returns the folder of its final checkpoint."""
-    from accelerate.utils import set_seed
-
-    tc = config.train
-    output_dir = Path(tc.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = _make_accelerator(tc, output_dir)
-    resume_from = _resume_folder(resume, output_dir)
-    if resume_from is not None and accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
-        raise ConfigError("--resume under DeepSpeed/FSDP is not supported yet (optimizer state is sharded); "
-                          "resume with DDP or a single process")
-    set_seed(tc.seed, device_specific=True)  # own dropout stream per rank; DDP syncs the init
-
-    module, recipe = _build_model(config, accelerator)
-    # Load-time skips are recounted identically by every start and every rank; item-time skips
-    # (template, unreadable image) are met during training and travel in the checkpoints.
-    load_skips, skips = SkipReport(), SkipReport()
-    loader, sampler = _build_loader(config, module.model, module.objectives, load_skips)
-    for objective in module.objectives.values():
-        objective.prepare(module.model, loader.dataset, accelerator)
-    optimizer = build_optimizer(module, tc)
-    module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
-    unwrapped = accelerator.unwrap_model(module)
-    steps_per_epoch = max(1, math.ceil(len(loader) / tc.grad_accum))
-    total_steps = tc.max_steps or tc.epochs * steps_per_epoch
-    scheduler = build_scheduler(getattr(optimizer, "optimizer", optimizer), tc, total_steps)
-
-    step, epoch, batches_done, truncated = 0, 0, 0, 0
-    if resume_from is not None:
-        state, rank_state = ckpt.restore_training_state(resume_from, accelerator, optimizer, scheduler)
-        ckpt.load_weights(resume_from, unwrapped.model, unwrapped.objectives)
-        step, epoch, batches_done = state["step"], state["epoch"], state["batches_done"]
-        skips.merge(SkipReport(entries=dict(rank_state["skips"])))
-        truncated = rank_state["truncated"]
-        accelerator.print(f"[vlalign] resumed from {resume_from} at step {step} (epoch {epoch}, "
-                          f"batch {batches_done})")
-    if accelerator.is_main_process:
-        dump_config(config, output_dir / "config.yaml")
-    accelerator.init_trackers("tensorboard")
-    logger = StepLogger(accelerator, output_dir, total_steps, step, tc.batch_size * accelerator.num_processes)
-    module.train()
-
-    def save(folder: Path, resumable: bool) -> Path:
-        state = {"step": step, "epoch": epoch, "batches_done": batches_done, "stage": tc.stage,
-                 "recipe": recipe, "total_steps": total_steps}
-        extra = {"optimizer": optimizer, "scheduler": scheduler} if resumable else {}
-        return ckpt.save_checkpoint(folder, accelerator, model=unwrapped.model, objectives=unwrapped.objectives,
-                                    config=config, state=state, wrapped=module,
-                                    rank_state={"skips": list(skips.entries.items()), "truncated": truncated}, **extra)
-
-    try:
-        while step < total_steps:
-            steps_before, batches_before = step, batches_done
-            epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
-            # accelerate's loaders re-apply their own epoch counter to the sampler on every __iter__; a resumed
-            # run's fresh loader would count from 0, so set both explicitly.
-            epoch_loader.set_epoch(epoch)
-            sampler.set_epoch(epoch)
-            for batch in epoch_loader:
-                batches_done += 1
-                skips.merge(batch.skips)
-                truncated += batch.truncated
-                if len(batch) == 0:
-                    continue  # every record of this batch was skipped (and counted)
-                with accelerator.accumulate(module):
-                    total, losses, metrics = module(batch)
-                    accelerator.backward(total)
-                    if accelerator.sync_gradients and tc.max_grad_norm:
-                        accelerator.clip_grad_norm_(module.parameters(), tc.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                logger.accumulate(total, losses, metrics, len(batch))
-                if not accelerator.sync_gradients:
-                    continue
-                scheduler.step()
-                step += 1
-                logger.step_done(step, scheduler.get_last_lr()[0], log=step % tc.log_every == 0 or step == total_steps)
-                if tc.save_every and step % tc.save_every == 0 and step < total_steps:
-                    save(output_dir / f"checkpoint-{step:06d}", resumable=True)
-                    if accelerator.is_main_process:
-                        ckpt.prune_checkpoints(output_dir, tc.keep_checkpoints)
-                    ckpt.fault_point(f"after_step_{step}")
-                if step >= total_steps:
-                    break
-            else:  # the epoch ran out
-                if step == steps_before and batches_done > batches_before:
-                    raise DataError("a whole epoch gave no training step: every record was skipped",
-                                    reason="empty", file=config.data.train_file)
-                epoch, batches_done = epoch + 1, 0
-    finally:
-        logger.close()  # also on errors, so the bar and metrics.jsonl are closed
-    final = save(output_dir / "final", resumable=False)
-    _report_data(accelerator, output_dir, load_skips, skips, truncated)
-    # The last collectives are behind us: before this process may exit, let the process-group backend let go of
-    # their tensors (vlalign.distributed explains the abort at interpreter exit this prevents).
-    quiesce()
-    accelerator.end_training()
-    accelerator.print(f"[vlalign] stage {tc.stage} done: {final}")
-    return final
-
-
-def _report_data(accelerator, output_dir: Path, load_skips: SkipReport, skips: SkipReport,
-                 truncated: int) -> None:
+def _report_data(run: Run) -> None:
     """Skipped records (distinct, over all ranks) and truncations, printed and written to data_report.json."""
     total = SkipReport()
-    total.merge(load_skips)
+    total.merge(run.load_skips)
     all_truncated = 0
-    for rank_skips, rank_truncated in gather_objects([(skips, truncated)]):
+    for rank_skips, rank_truncated in gather_objects([(run.state.skips, run.state.truncated)]):
         total.merge(rank_skips)
         all_truncated += rank_truncated
-    accelerator.print(f"[vlalign] {total.summary()}; {all_truncated} samples truncated")
-    if accelerator.is_main_process:
-        (output_dir / "data_report.json").write_text(json.dumps(
+    run.accelerator.print(f"[vlalign] {total.summary()}; {all_truncated} samples truncated")
+    if run.accelerator.is_main_process:
+        (run.output_dir / "data_report.json").write_text(json.dumps(
             {"skipped": dict(total.counts), "skip_examples": total.examples, "truncated": all_truncated}, indent=2))
-
-
-class StepLogger:
-    """Console progress bar + TensorBoard + metrics.jsonl, with loss terms averaged over each log window."""
-
-    def __init__(self, accelerator, output_dir: Path, total_steps: int, start_step: int, global_batch: int):
-        from tqdm.auto import tqdm
-
-        self.accelerator = accelerator
-        self.bar = tqdm(total=total_steps, initial=start_step, disable=not accelerator.is_main_process,
-                        desc="train", dynamic_ncols=True)
-        self.metrics_file = (output_dir / "metrics.jsonl").open("a") if accelerator.is_main_process else None
-        self.sums: dict[str, float] = {}
-        self.count = 0
-        self.samples = 0
-        self.window_start = time.perf_counter()
-
-    def accumulate(self, total, losses, metrics, batch_size: int) -> None:
-        values = {"loss": total.detach(), **losses}
-        for name, value in values.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(value)
-        for name, value in metrics.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(value)
-        self.count += 1
-        self.samples += batch_size
-
-    def step_done(self, step: int, lr: float, log: bool) -> None:
-        self.bar.update(1)
-        if not log or not self.count:
-            return
-        averages = {name: total / self.count for name, total in self.sums.items()}
-        # One collective per log window, not per step.
-        averages = dict(zip(averages, mean_over_ranks(list(averages.values()), self.accelerator.device)))
-        elapsed = time.perf_counter() - self.window_start
-        averages["samples_per_s"] = self.samples * self.accelerator.num_processes / max(elapsed, 1e-9)
-        averages["lr"] = lr
-        self.accelerator.log(averages, step=step)
-        self.bar.set_postfix({k: f"{v:.4g}" for k, v in averages.items() if k != "lr"})
-        if self.metrics_file is not None:
-            self.metrics_file.write(json.dumps({"step": step, **averages}) + "\n")
-            self.metrics_file.flush()
-        self.sums, self.count, self.samples = {}, 0, 0
-        self.window_start = time.perf_counter()
-
-    def close(self) -> None:
-        self.bar.close()
-        if self.metrics_file is not None:
-            self.metrics_file.close()

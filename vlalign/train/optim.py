@@ -25,8 +25,9 @@ def build_optimizer(module, tc: TrainConfig) -> torch.optim.Optimizer:
                               for (lr, decay), params in groups.items()], betas=(0.9, 0.999))
 
 
-def build_scheduler(optimizer, tc: TrainConfig, total_steps: int):
-    warmup = math.ceil(tc.warmup_ratio * total_steps)
+def build_scheduler(optimizer, warmup_ratio: float, total_steps: int):
+    """Linear warmup over `warmup_ratio` of the steps, then cosine decay to 0 (warmup_ratio 0: cosine only)."""
+    warmup = math.ceil(warmup_ratio * total_steps)
 
     def factor(step: int) -> float:
         if step < warmup:

@@ -20,7 +20,7 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
                         help="word list: a file (one word per line), 'english' (Debian's wamerican, lowercase "
                              "alphabetic words), 'shapes' (the shapes world's vocabulary) or both joined by '+' "
                              "(default: english, plus shapes when --image-root is a shapes world)")
-    parser.add_argument("--top-n", type=int, default=10, help="labels kept per patch (seed 001: 10)")
+    parser.add_argument("--top-n", type=int, default=10, help="labels kept per patch (SEA: 10)")
     parser.add_argument("--out", required=True, metavar="DIR", help="cache folder (resumed when it exists)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--shard-size", type=int, default=1024, help="images per cache shard (the resume unit)")
@@ -33,9 +33,10 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
 
 
 def main_label_patches(args: argparse.Namespace) -> dict:
+    # Imported here, not at the top: the main CLI builds this parser on every start (`vlalign --help`).
     import torch
 
-    from vlalign.labels.labeller import PLOT_FILE, SUMMARY_FILE, collect_images, label_images, load_encoder
+    from vlalign.dual_encoder.labeller import PLOT_FILE, SUMMARY_FILE, collect_images, label_images, load_encoder
     from vlalign.labels.words import resolve_words
 
     items = collect_images(args.data, args.image_root)

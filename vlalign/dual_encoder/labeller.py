@@ -1,9 +1,9 @@
-"""`vlalign label-patches`: SEA's offline step (seed 001 Sec. 4.1) over a LLaVA JSON set or an image folder.
+"""`vlalign label-patches`: SEA's offline step (SEA Sec. 4.1) over a LLaVA JSON set or an image folder.
 
   1. list the images (each distinct `image` string once: it is the key the training batches carry);
   2. open or resume the cache (vlalign.labels.cache); nothing to do -> straight to the summary;
   3. embed the word list once with the dual encoder's text side;
-  4. per batch of images: patch embeddings -> `objectives.sea.label_patches` -> one shard per `shard_size`
+  4. per batch of images: patch embeddings -> `labels.topn.label_patches` -> one shard per `shard_size`
      images, written atomically (an interrupted run keeps its whole shards and labels only the rest);
   5. summary.json + label_summary.png: how much of the word list the labels use (top-1 / any label) and the
      score distributions (the paper's Fig. 6), with the labelling throughput.
@@ -28,8 +28,10 @@ from tqdm.auto import tqdm
 from vlalign.data.images import ImageTransform, load_image
 from vlalign.data.llava_json import load_records
 from vlalign.errors import ConfigError, DataError
+from vlalign.dual_encoder.checkpoint import CONFIG_FILE, FORMAT, HEADS_FILE, load_dual_encoder
+from vlalign.dual_encoder.hf import HFDualEncoder
 from vlalign.labels.cache import LabelCache, LabelCacheWriter
-from vlalign.objectives.sea import label_patches
+from vlalign.labels.topn import label_patches
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 SCORE_BINS = np.linspace(0.0, 1.0, 51)  # labels are cosines in [0, 1] once negatives are dropped
@@ -67,8 +69,6 @@ def collect_images(data: str | Path | None, image_root: str | Path | None) -> li
 
 def load_encoder(source: str):
     """(dual encoder, fingerprint): a folder written by `vlalign train-dual-encoder`, or an HF CLIP/SigLIP."""
-    from vlalign.dual_encoder import HFDualEncoder, load_dual_encoder
-    from vlalign.dual_encoder.checkpoint import CONFIG_FILE, FORMAT, HEADS_FILE
 
     folder = Path(source)
     config_path = folder / CONFIG_FILE
@@ -156,7 +156,7 @@ def label_images(encoder, items: list[ImageItem], words: list[str], out: str | P
 
 
 def summarize(cache: LabelCache, most_common: int = 20) -> dict:
-    """Word-list utilisation and score distributions over the whole cache (seed 001 Sec. 5.1, Fig. 6)."""
+    """Word-list utilisation and score distributions over the whole cache (SEA Sec. 5.1, Fig. 6)."""
     words = cache.words
     top1, used, score_sum = (np.zeros(len(words)) for _ in range(3))
     histogram = np.zeros(len(SCORE_BINS) - 1, dtype=np.int64)

@@ -80,7 +80,7 @@ def sigmoid_contrastive(a: torch.Tensor, b: torch.Tensor, logit_scale: Scale, lo
 
 def cg_contrastive(visual_tokens: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor,
                    logit_scale: Scale) -> torch.Tensor:
-    """CG-VLM (seed 003, Eq. 3-4): mean-pooled visual tokens vs each caption's token embeddings.
+    """CG-VLM (Eq. 3-4): mean-pooled visual tokens vs each caption's token embeddings.
 
     s[i, j] = logit_scale * mean over valid tokens m of caption j of cos(pool(visual_tokens[i]), text_embeds[j, m]);
     loss = CE(s, arange(B)) averaged over B (image -> caption direction only, as in the paper).

@@ -7,8 +7,7 @@ import contextlib
 from vlalign.data.build import build_dataset
 from vlalign.data.dataset import Collator
 from vlalign.data.llava_json import SkipReport
-from vlalign.objectives import build_objectives
-from vlalign.objectives.base import data_requirements
+from vlalign.objectives import build_objectives, merged_sample_fields
 from vlalign.train.loop import TrainingModule
 
 
@@ -24,7 +23,7 @@ class SingleProcess:
 def training_setup(model, config, objectives: dict, batch_size: int):
     """(TrainingModule in train mode, the dataset's first `batch_size` samples collated)."""
     built = build_objectives(objectives, model)
-    dataset = build_dataset(config, model, SkipReport(), data_requirements(built))
+    dataset = build_dataset(config, model, SkipReport(), merged_sample_fields(objectives))
     for objective in built.values():
         objective.prepare(model, dataset, SingleProcess())
     batch = Collator(model.tokenizer.pad_token_id)([dataset[i] for i in range(batch_size)])

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from vlalign.config import load_config  # noqa: E402
 from vlalign.models import eos_embedding  # noqa: E402
 from vlalign.models.vlm import VisionLanguageModel  # noqa: E402
-from vlalign.objectives.functional import info_nce  # noqa: E402
+from vlalign.losses.functional import info_nce  # noqa: E402
 from vlalign.train.stages import apply_tune  # noqa: E402
 
 CONFIGS = {
@@ -75,7 +75,7 @@ def _sea_labels(world: Path, out: Path, model_config) -> tuple[Path, dict]:
     embedded once beforehand and not counted). The dual encoder's heads are untrained and the words are
     the world's vocabulary: neither changes the step time (label features are looked up per sampled word)."""
     from vlalign.dual_encoder.packaged import PackagedDualEncoder
-    from vlalign.labels.labeller import collect_images, label_images
+    from vlalign.dual_encoder.labeller import collect_images, label_images
     from vlalign.labels.words import resolve_words
 
     words, source = resolve_words("shapes", world)
@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
     setups = {name: training_setup(model, config, {k: {**v, **extra.get(k, {})} for k, v in objectives.items()}, args.batch)
               for name, objectives in CONFIGS.items()}
     text_rows = torch.from_numpy(
-        setups["eos_contrastive"][0].objectives["eos_contrastive"].text_embeddings[setups["generative"][1].indices]).float()
+        setups["eos_contrastive"][0].objectives["eos_contrastive"].text_embeddings[setups["eos_contrastive"][1].extras["index"]]).float()
     runs = {name: (lambda m=module, b=batch: _step(m, b)) for name, (module, batch) in setups.items()}
     runs["eos_contrastive_separate"] = lambda: _separate_pass_step(*setups["generative"], text_rows)
     for _ in range(args.warmup):

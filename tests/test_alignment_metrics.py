@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vlalign.eval.alignment import modality_gap, retrieval_recall
+from vlalign.losses.retrieval import modality_gap, retrieval_recall
 
 
 def test_identical_sets_have_no_gap_and_perfect_recall():

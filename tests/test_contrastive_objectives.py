@@ -10,10 +10,11 @@ import torch
 
 from vlalign.config import dump_config
 from vlalign.data.llava_json import SkipReport
+from vlalign.data import eos_layout
 from vlalign.models import eos_embedding
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.objectives import build_objectives
-from vlalign.objectives.base import data_requirements
+from vlalign.objectives import merged_sample_fields
 from vlalign.objectives.temperature import LogitScale
 from vlalign.objectives.text_cache import build_text_cache
 from vlalign.train.loop import TrainingModule, train
@@ -39,7 +40,7 @@ def _setup(tiny_config, tmp_path, objectives: dict):
     model = VisionLanguageModel.from_config(config.model)
     apply_tune(model, 1, config.train.tune)
     built = build_objectives(config.objectives, model)
-    dataset = build_dataset(config, model, SkipReport(), data_requirements(built))
+    dataset = build_dataset(config, model, SkipReport(), merged_sample_fields(config.objectives))
     for objective in built.values():
         objective.prepare(model, dataset, _Accelerator())
     batch = Collator(model.tokenizer.pad_token_id)([dataset[i] for i in range(4)])
@@ -55,22 +56,22 @@ def test_image_embedding_read_in_the_training_pass_equals_the_standalone_definit
     _, model, objectives, dataset, batch = _setup(tiny_config, tmp_path, EOS)
     model.eval()
     output = model(batch.input_ids, batch.attention_mask, batch.pixel_values)
-    in_sequence = output.hidden_states[torch.arange(len(batch)), batch.image_eos_positions]
+    in_sequence = output.hidden_states[torch.arange(len(batch)), batch.extras["image_eos_position"]]
     # The standalone EOS input of the same image, with the noun the dataset drew for each record.
-    for row, index in enumerate(batch.indices):
+    for row, index in enumerate(batch.extras["index"]):
         record = dataset.records[index]
-        candidates = [eos_embedding.image_prompt_ids(model.tokenizer, model.image_token_id,
+        candidates = [eos_layout.image_prompt_ids(model.tokenizer, model.image_token_id,
                                                      model.num_visual_tokens, True, noun)
-                      for noun in eos_embedding.IMAGE_NOUNS]
+                      for noun in eos_layout.IMAGE_NOUNS]
         matching = [ids for ids in candidates if batch.input_ids[row, :len(ids)].tolist() == ids]
         assert len(matching) == 1, record.id  # the sample starts with exactly one of the prompts
         ids = matching[0]
-        assert batch.image_eos_positions[row] == len(ids) - 1
+        assert batch.extras["image_eos_position"][row] == len(ids) - 1
         alone = model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), batch.pixel_values[row:row + 1])
         assert torch.allclose(alone.hidden_states[0, -1], in_sequence[row], atol=1e-5), record.id
     # The caption after it is still what the generative loss supervises.
     labels = batch.labels[0][batch.labels[0] != -100].tolist()
-    assert model.tokenizer.decode(labels[:-1]).strip() == dataset.records[batch.indices[0]].turns[1].text.strip()
+    assert model.tokenizer.decode(labels[:-1]).strip() == dataset.records[batch.extras["index"][0]].turns[1].text.strip()
 
 
 def test_cached_caption_rows_are_the_llm_eos_embeddings(tiny_config, tmp_path, monkeypatch):
@@ -97,7 +98,7 @@ def test_gradients_reach_connector_and_temperature_and_nothing_frozen(tiny_confi
     assert set(losses) == {"generative", name} and math.isfinite(float(losses[name]))
     assert any(key.endswith("logit_scale") for key in metrics)
     # the contrastive term alone: its gradient must reach the connector and the temperature
-    losses_only = built[name](module.model(batch.input_ids, batch.attention_mask, batch.pixel_values), batch)
+    losses_only = built[name](module.model(batch.input_ids, batch.attention_mask, batch.pixel_values), batch, module.model)
     losses_only.losses[name].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.multi_modal_projector.parameters())
     scale_params = [p for n, p in built[name].named_parameters() if "scale" in n]
@@ -152,8 +153,10 @@ def test_text_cache_is_invalidated_by_prompt_data_and_llm_and_resumes(tiny_confi
     assert json.loads((folder / "progress.json").read_text())["rows_done"] == 8
     assert not (folder / "complete.json").exists()
     calls = []
-    original = eos_embedding.text_inputs
-    monkeypatch.setattr(eos_embedding, "text_inputs", lambda tok, batch, *a: calls.append(len(batch)) or original(tok, batch, *a))
+    from vlalign.objectives import text_cache
+
+    original = text_cache.text_inputs
+    monkeypatch.setattr(text_cache, "text_inputs", lambda tok, batch, *a: calls.append(len(batch)) or original(tok, batch, *a))
     resumed = build_text_cache(model, texts, data, True, "eos", 64, resumed_root, batch_size=3, progress=False)
     assert sum(calls) == 2
     fresh = build_text_cache(model, texts, data, True, "eos", 64, tmp_path / "fresh", progress=False)
@@ -191,6 +194,6 @@ def test_bad_setups_fail_clearly(tiny_config, tmp_path, monkeypatch):
     batch.labels[1] = -100
     output = model(batch.input_ids, batch.attention_mask, batch.pixel_values)
     with pytest.raises(ValueError, match=batch.record_ids[1]):
-        built["cg_contrastive"](output, batch)
+        built["cg_contrastive"](output, batch, model)
     with pytest.raises(ConfigError, match="temperature"):
         build_objectives({"eos_contrastive": {"temperature": 0}}, model)

@@ -3,7 +3,7 @@
 import json
 
 from vlalign.cli import main
-from vlalign.demo import TEST_SETS
+from vlalign.demo.presets import TEST_SETS
 
 
 def test_quick_demo_writes_report_and_metrics(tmp_path, capsys):
@@ -53,21 +53,21 @@ def test_quick_demo_writes_report_and_metrics(tmp_path, capsys):
 
 
 def test_later_demo_calls_keep_earlier_runs_of_the_same_preset(tmp_path):
-    from vlalign.demo import _earlier_runs
+    from vlalign.demo.run import earlier_runs
 
     (tmp_path / "metrics.json").write_text(json.dumps({
         "generative": {"preset": "full", "seed": 0, "eval": {}},
         "generative+cg_contrastive": {"preset": "quick", "seed": 0, "eval": {}},  # other preset: dropped
         "generative+eos_contrastive": {"preset": "full", "seed": 1, "eval": {}},  # other seed: dropped
         "no-longer-a-demo-run": {"preset": "full", "seed": 0}}))
-    assert list(_earlier_runs(tmp_path, "full", 0)) == ["generative"]
-    assert _earlier_runs(tmp_path / "absent", "full", 0) == {}
+    assert list(earlier_runs(tmp_path, "full", 0)) == ["generative"]
+    assert earlier_runs(tmp_path / "absent", "full", 0) == {}
 
 
 def test_unknown_demo_objective_is_named():
     import pytest
 
-    from vlalign.demo import resolve_objectives
+    from vlalign.demo.recipes import resolve_objectives
     from vlalign.errors import ConfigError
 
     assert resolve_objectives(None) == ["generative"]

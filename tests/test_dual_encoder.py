@@ -95,7 +95,7 @@ def test_patches_average_to_the_image_embedding(loaded, world):
 
 
 def test_saved_folder_reproduces_the_report_and_round_trips(trained, loaded, world, tmp_path):
-    from vlalign.eval.alignment import retrieval_recall
+    from vlalign.losses.retrieval import retrieval_recall
 
     out, report = trained
     pairs = _test_pairs(world)

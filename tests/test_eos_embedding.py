@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from vlalign.data import eos_layout as layout
 from vlalign.models import eos_embedding as eos
 from vlalign.models.vlm import VisionLanguageModel
 
@@ -22,28 +23,28 @@ def model(tiny_models):
 
 def test_text_prompt_wraps_the_text_and_ends_with_eos(model):
     tok = model.tokenizer
-    ids, cut = eos.text_prompt_ids(tok, "a red circle", prompt=True)
+    ids, cut = layout.text_prompt_ids(tok, "a red circle", prompt=True)
     assert not cut and ids[-1] == tok.eos_token_id
     assert tok.decode(ids[:-1]).strip() == "This sentence: a red circle means:"
-    bare, _ = eos.text_prompt_ids(tok, "a red circle", prompt=False)
+    bare, _ = layout.text_prompt_ids(tok, "a red circle", prompt=False)
     assert tok.decode(bare[:-1]).strip() == "a red circle" and bare[-1] == tok.eos_token_id
 
 
 def test_long_text_is_cut_but_keeps_template_and_eos(model):
     tok = model.tokenizer
-    ids, cut = eos.text_prompt_ids(tok, "red circle " * 40, prompt=True, max_length=20)
+    ids, cut = layout.text_prompt_ids(tok, "red circle " * 40, prompt=True, max_length=20)
     assert cut and len(ids) == 20 and ids[-1] == tok.eos_token_id
     assert tok.decode(ids[:-1]).strip().endswith("means:")
     with pytest.raises(ValueError, match="leaves no room"):
-        eos.text_prompt_ids(tok, "red", prompt=True, max_length=3)
+        layout.text_prompt_ids(tok, "red", prompt=True, max_length=3)
 
 
 def test_image_prompt_holds_every_visual_token_once(model):
-    ids = eos.image_prompt_ids(model.tokenizer, model.image_token_id, model.num_visual_tokens, noun="photo")
+    ids = layout.image_prompt_ids(model.tokenizer, model.image_token_id, model.num_visual_tokens, noun="photo")
     assert ids.count(model.image_token_id) == model.num_visual_tokens == 16
     text = model.tokenizer.decode([i for i in ids[:-1] if i != model.image_token_id])
     assert text.replace(" ", "") == "Thisphoto:means:" and ids[-1] == model.tokenizer.eos_token_id
-    inputs = eos.image_inputs(model.tokenizer, model.image_token_id, 16, 40, rng=random.Random(0))
+    inputs = layout.image_inputs(model.tokenizer, model.image_token_id, 16, 40, rng=random.Random(0))
     nouns = {model.tokenizer.decode(row[:4].tolist()) for row in inputs.input_ids}
     assert len(nouns) == 3  # training draws photo / image / picture
 

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from vlalign.objectives.functional import cg_contrastive, info_nce, qformer_itc, sigmoid_contrastive
+from vlalign.losses.functional import cg_contrastive, info_nce, qformer_itc, sigmoid_contrastive
 
 SQRT2 = math.sqrt(2.0)
 

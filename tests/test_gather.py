@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from vlalign.distributed import gather_objects, gather_rows
-from vlalign.objectives.functional import cg_contrastive
+from vlalign.losses.functional import cg_contrastive
 from vlalign.objectives.pair_loss import PairLoss
 
 SIZES = (3, 2)  # ranks hold different numbers of rows (last batch, deduplicated labels)

@@ -7,7 +7,8 @@ import torch
 
 from vlalign.errors import ConfigError
 from vlalign.models.query_former import qformer_attention_mask
-from vlalign.objectives.functional import masked_patch_mse, sample_hard_negatives
+from vlalign.losses.functional import masked_patch_mse, sample_hard_negatives
+from vlalign.models.vlm import ForwardRequest
 
 
 def _query_config(tiny_config, tiny_query_models, stage=1, connector="qformer", objectives="{qformer: {}}",
@@ -25,7 +26,7 @@ def _model_and_batch(config):
     from vlalign.data.llava_json import SkipReport
     from vlalign.models.vlm import VisionLanguageModel
     from vlalign.objectives import build_objectives
-    from vlalign.objectives.base import data_requirements
+    from vlalign.objectives import merged_sample_fields
     from vlalign.train.loop import TrainingModule
     from vlalign.train.stages import apply_tune
 
@@ -33,7 +34,7 @@ def _model_and_batch(config):
     model = VisionLanguageModel.from_config(config.model)
     apply_tune(model, config.train.stage, config.train.tune)
     objectives = build_objectives(config.objectives, model)
-    dataset = build_dataset(config, model, SkipReport(), data_requirements(objectives))
+    dataset = build_dataset(config, model, SkipReport(), merged_sample_fields(config.objectives))
     batch = Collator(model.tokenizer.pad_token_id)([dataset[i] for i in range(4)])
     return TrainingModule(model, objectives), dataset, batch
 
@@ -178,8 +179,9 @@ def test_xformer_reconstructs_and_its_mae_stays_frozen(tiny_config, tiny_query_m
     # outside training the MAE sees the whole image and nothing is reconstructed
     module.eval()
     with torch.no_grad():
-        output = module.model(batch.input_ids, batch.attention_mask, batch.pixel_values, run_llm=False)
-    assert output.connector_output.reconstruction_loss is None and output.connector_output.masked_fraction == 0.0
+        output = module.model(batch.input_ids, batch.attention_mask, batch.pixel_values,
+                              request=ForwardRequest(run_llm=False))
+    assert set(output.connector_aux) == {"final_queries"}  # nobody asked for the reconstruction
 
 
 def test_stage2_queries_go_through_one_fc_into_the_llm(tiny_config, tiny_query_models):
@@ -191,7 +193,7 @@ def test_stage2_queries_go_through_one_fc_into_the_llm(tiny_config, tiny_query_m
     module.train()
     output = model(batch.input_ids, batch.attention_mask, batch.pixel_values)
     assert output.visual_tokens.shape == (4, 4, model.hidden_size)
-    assert output.connector_output.reconstruction_loss is None  # LM loss only in LLM alignment
+    assert "reconstruction_predicted" not in output.connector_aux  # LM loss only in LLM alignment
     total, losses, _ = module(batch)
     total.backward()
     connector = model.multi_modal_projector
@@ -235,7 +237,7 @@ def test_pipeline_pretrain_align_instruct(tiny_config, tiny_query_models, tmp_pa
 def test_bad_query_configs_fail_clearly(tiny_config, tiny_query_models):
     from vlalign.models.query_former import build_query_former
     from vlalign.models.vlm import VisionLanguageModel
-    from vlalign.objectives import build_objectives
+    from vlalign.train.checks import check_config
 
     with pytest.raises(ConfigError, match="num_queries must be an integer >= 1, got 0"):
         build_query_former(tiny_query_models["bert"], 0, 16)
@@ -252,12 +254,13 @@ def test_bad_query_configs_fail_clearly(tiny_config, tiny_query_models):
         former.encode_queries(torch.randn(1, 5, 24))
     with pytest.raises(ConfigError, match="not a BERT-family|needs a BERT-family"):
         build_query_former(tiny_query_models["mae"], 4, 16)
-    patch_model = VisionLanguageModel.from_config(tiny_config(1).model)
-    with pytest.raises(ConfigError, match="set model.connector: qformer"):
-        build_objectives({"qformer": {}}, patch_model)
-    qformer_model = VisionLanguageModel.from_config(_query_config(tiny_config, tiny_query_models).model)
-    with pytest.raises(ConfigError, match="set model.connector: xformer"):
-        build_objectives({"xformer": {}}, qformer_model)
+    # objective and connector that do not fit: an error from the config alone, before any weights load
+    with pytest.raises(ConfigError, match="set model.connector: qformer or xformer, not 'mlp2x_gelu'"):
+        check_config(tiny_config(1, "objectives={qformer: {}}"))
+    with pytest.raises(ConfigError, match="set model.connector: xformer, not 'qformer'"):
+        check_config(_query_config(tiny_config, tiny_query_models, 1, "qformer", "{xformer: {}}"))
+    with pytest.raises(ConfigError, match="'qformer' and 'xformer' both return a loss term named 'itc'"):
+        check_config(_query_config(tiny_config, tiny_query_models, 1, "xformer", "{qformer: {}, xformer: {}}"))
 
 
 def test_shipped_xformer_presets_parse():
@@ -275,7 +278,7 @@ def test_shipped_xformer_presets_parse():
 
 
 def test_retrieval_from_similarity_and_from_a_query_model(tiny_config, tiny_query_models, toy_data):
-    from vlalign.eval.alignment import recall_from_similarity
+    from vlalign.losses.retrieval import recall_from_similarity
     from vlalign.eval.alignment_run import read_pairs
     from vlalign.eval.query_retrieval import query_retrieval
     from vlalign.models.vlm import VisionLanguageModel
@@ -319,10 +322,11 @@ def test_query_objective_input_errors_name_the_problem(tiny_config, tiny_query_m
     from vlalign.eval.alignment_run import read_pairs
     from vlalign.eval.query_retrieval import query_retrieval
 
-    # stage-2 chat data: the pre-training terms need image-caption pairs
-    module, dataset, _ = _model_and_batch(_query_config(tiny_config, tiny_query_models, 2))
+    from vlalign.train.checks import check_config
+
+    # stage-2 chat data: the pre-training terms need image-caption pairs (checked before any weights load)
     with pytest.raises(ConfigError, match="needs data.format: plain, got 'chat'"):
-        module.objectives["qformer"].prepare(module.model, dataset, accelerator=None)
+        check_config(_query_config(tiny_config, tiny_query_models, 2))
     # a frozen former has nothing to learn from these terms
     frozen = _query_config(tiny_config, tiny_query_models)
     frozen.model.connector_options["freeze_former"] = True

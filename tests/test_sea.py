@@ -12,7 +12,8 @@ import torch
 from vlalign.errors import ConfigError, DataError
 from vlalign.labels.cache import LabelCache, LabelCacheWriter
 from vlalign.labels.grid import grid_mapping, map_labels
-from vlalign.objectives.sea import dedup_labels, label_patches, sample_labels, sample_window_patches
+from vlalign.labels.topn import label_patches
+from vlalign.objectives.sea import dedup_labels, sample_labels, sample_window_patches
 
 
 # ---- label_patches -------------------------------------------------------------------------------------
@@ -165,7 +166,7 @@ WORDS = ["red", "blue", "green", "circle", "square", "triangle", "left", "right"
 
 
 def _label(encoder, data, out, **kwargs):
-    from vlalign.labels.labeller import collect_images, label_images
+    from vlalign.dual_encoder.labeller import collect_images, label_images
 
     items = collect_images(data["stage1"], data["image_root"])
     return label_images(encoder, items, WORDS, out, encoder_id="tiny", fingerprint="0", top_n=3,
@@ -193,7 +194,7 @@ def test_labelling_resumes_and_matches_an_uninterrupted_run(tiny_encoder, toy_da
 def _synthetic_labels(toy_data, folder, drop_last_image: bool = False):
     """A label cache over the toy images with known, dense labels (the loop test should not depend on what
     a random encoder happens to find): every patch has 3 words; patch 0 of each image has none."""
-    from vlalign.labels.labeller import collect_images
+    from vlalign.dual_encoder.labeller import collect_images
 
     keys = [item.key for item in collect_images(toy_data["stage1"], toy_data["image_root"])]
     keys = keys[:-1] if drop_last_image else keys
@@ -229,7 +230,7 @@ def test_sea_gradients_reach_connector_and_temperature_only(toy_data, tiny_confi
     from vlalign.data.dataset import Collator
     from vlalign.data.llava_json import SkipReport
     from vlalign.models.vlm import VisionLanguageModel
-    from vlalign.objectives import build_objectives
+    from vlalign.objectives import build_objectives, merged_sample_fields
     from vlalign.train.stages import apply_tune
 
     labels = _synthetic_labels(toy_data, tmp_path / "labels")
@@ -237,11 +238,11 @@ def test_sea_gradients_reach_connector_and_temperature_only(toy_data, tiny_confi
     model = VisionLanguageModel.from_config(config.model)
     apply_tune(model, 1, config.train.tune)
     objective = build_objectives(config.objectives, model)["sea"]
-    dataset = build_dataset(config, model, SkipReport())
+    dataset = build_dataset(config, model, SkipReport(), merged_sample_fields(config.objectives))
     objective.prepare(model, dataset, None)
     batch = Collator(model.tokenizer.pad_token_id)([dataset[i] for i in range(4)])
-    first = objective(model(batch.input_ids, batch.attention_mask, batch.pixel_values), batch)
-    again = objective(model(batch.input_ids, batch.attention_mask, batch.pixel_values), batch)
+    first = objective(model(batch.input_ids, batch.attention_mask, batch.pixel_values), batch, model)
+    again = objective(model(batch.input_ids, batch.attention_mask, batch.pixel_values), batch, model)
     torch.testing.assert_close(first.losses["sea"], again.losses["sea"])  # seeded by the batch: reproducible
     assert first.metrics["sea_pairs"] >= 2
     first.losses["sea"].backward()
@@ -261,7 +262,7 @@ def test_sea_refuses_a_cache_missing_an_image(toy_data, tiny_config, tmp_path):
 
 
 def test_sea_refuses_labels_on_another_grid(toy_data, tiny_config, tmp_path):
-    from vlalign.labels.labeller import collect_images
+    from vlalign.dual_encoder.labeller import collect_images
     from vlalign.train.loop import train
 
     keys = [item.key for item in collect_images(toy_data["stage1"], toy_data["image_root"])]

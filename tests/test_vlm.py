@@ -5,6 +5,7 @@ import torch
 
 from vlalign.config import ModelConfig
 from vlalign.models.connectors import AvgPoolConnector, build_connector
+from vlalign.models.connectors.patch import AvgPoolOptions
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.errors import ConfigError
 
@@ -81,7 +82,7 @@ def test_forward_output_carries_what_objectives_need(tiny_vlm):
 
 
 def test_avgpool_averages_windows_and_keeps_partial_edges():
-    connector = AvgPoolConnector(1, 1, pool=2)
+    connector = AvgPoolConnector(1, 1, AvgPoolOptions(pool=2))
     with torch.no_grad():
         connector.linear.weight.fill_(1.0)
         connector.linear.bias.zero_()

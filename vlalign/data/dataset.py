@@ -73,6 +73,7 @@ class LlavaDataset(Dataset):
         self.tokenizer = tokenizer
         self.transform = transform
         self.fmt = fmt
+        self.image_token_id = image_token_id
         self.num_visual_tokens = num_visual_tokens
         self.max_length = max_length
         self.on_error = on_error

@@ -36,9 +36,11 @@ def saved_parameter_ids(model) -> set[int]:
     """Which of the model's parameters a checkpoint holds: every trainable one, LoRA's, and the whole
     connector (it exists in no base source) except what the connector declares it reloads from a source
     of its own (`Connector.source_modules`, e.g. X-Former's frozen MAE)."""
-    connector = model.multi_modal_projector
-    sourced = {id(p) for module in connector.source_modules() for p in module.parameters() if not p.requires_grad}
-    kept = {id(p) for p in connector.parameters() if id(p) not in sourced}
+    kept = set()
+    connector = getattr(model, "multi_modal_projector", None)  # any module saves its trainable weights
+    if connector is not None:
+        sourced = {id(p) for module in connector.source_modules() for p in module.parameters() if not p.requires_grad}
+        kept = {id(p) for p in connector.parameters() if id(p) not in sourced}
     kept |= {id(p) for name, p in model.named_parameters() if p.requires_grad or "lora_" in name}
     return kept
 

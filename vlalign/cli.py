@@ -82,16 +82,13 @@ def cmd_eval_alignment(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from vlalign.demo import run_demo
+    from vlalign.demo.run import run_demo
 
     names = [name.strip() for name in args.objectives.split(",") if name.strip()] if args.objectives else None
     run_demo(Path(args.out), quick=args.quick, seed=args.seed, objectives=names)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlalign", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_training_commands(commands) -> None:
     train = commands.add_parser("train", help="run one training stage from a config")
     _add_config_args(train)
     train.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
@@ -112,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=float, default=0.9)
     generate.set_defaults(func=cmd_generate)
 
+
+def _add_data_commands(commands) -> None:
+    from vlalign.data.shapes.cli import add_arguments as add_shapes_arguments, main_data_shapes
+    from vlalign.dual_encoder.cli import add_arguments as add_dual_arguments, main_train_dual_encoder
+    from vlalign.dual_encoder.label_cli import add_parser as add_label_patches_parser
+    from vlalign.mae.cli import add_parser as add_pretrain_mae_parser
+
     data = commands.add_parser("data", help="generate data sets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     toy = data_commands.add_parser("toy", help="small coloured-shapes LLaVA-JSON set (stage 1 + stage 2)")
@@ -119,26 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--n", type=int, default=64)
     toy.add_argument("--seed", type=int, default=0)
     toy.set_defaults(func=cmd_data_toy)
-
     shapes = data_commands.add_parser("shapes", help="the synthetic shapes world: train/test sets with ground truth")
-    from vlalign.data.shapes.cli import add_arguments as add_shapes_arguments, main_data_shapes
-
     add_shapes_arguments(shapes)
     shapes.set_defaults(func=main_data_shapes)
 
     dual = commands.add_parser("train-dual-encoder",
                                help="train the demo's LiT-style dual encoder (EfficientNet-Lite0 + MiniLM heads)")
-    from vlalign.dual_encoder.cli import add_arguments as add_dual_arguments, main_train_dual_encoder
-
     add_dual_arguments(dual)
     dual.set_defaults(func=main_train_dual_encoder)
-    from vlalign.dual_encoder.label_cli import add_parser as add_label_patches_parser
-
     add_label_patches_parser(commands)
-    from vlalign.mae.cli import add_parser as add_pretrain_mae_parser
-
     add_pretrain_mae_parser(commands)
 
+
+def _add_eval_commands(commands) -> None:
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint")
     eval_commands = evaluate.add_subparsers(dest="eval_command", required=True)
     alignment = eval_commands.add_parser(
@@ -159,17 +156,28 @@ def build_parser() -> argparse.ArgumentParser:
     alignment.add_argument("--examples", type=int, default=2, help="images drawn with recalled words / heatmaps")
     alignment.set_defaults(func=cmd_eval_alignment)
 
+
+def _add_demo_command(commands) -> None:
+    from vlalign.demo.recipes import RECIPES  # data only: no training stack imported
+
     demo = commands.add_parser("demo", help="the offline end-to-end run with a report (README's main job)")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--quick", action="store_true", help="CI-sized run (a few minutes)")
-    from vlalign.demo.recipes import RECIPES
-
     demo.add_argument("--objectives", default=None,
                       help="comma-separated objective runs to train and compare, or 'all' (default: generative); "
                            "runs of earlier calls into the same --out are kept in the report. Choices: "
                            + ", ".join(RECIPES))
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlalign", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_training_commands(commands)
+    _add_data_commands(commands)
+    _add_eval_commands(commands)
+    _add_demo_command(commands)
     return parser
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
 from vlalign.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, load_image
@@ -26,6 +26,7 @@ from vlalign.files import write_folder_atomically
 from vlalign.mae.checkpoints import quiet_hf_progress, restore_checkpoint, save_checkpoint
 from vlalign.train.checkpoint import latest_checkpoint
 from vlalign.train.optim import build_scheduler
+from vlalign.train.progress import StepLogger
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -123,6 +124,111 @@ def read_losses(metrics_file: Path, up_to_step: int | None = None) -> list[dict]
     return [row for row in rows if up_to_step is None or row["step"] <= up_to_step]
 
 
+def mae_config(image_size: int, patch_size: int, hidden_size: int, num_layers: int, num_heads: int,
+               intermediate_size: int, decoder_hidden_size: int, decoder_layers: int, decoder_heads: int,
+               decoder_intermediate_size: int, mask_ratio: float, norm_pix_loss: bool) -> ViTMAEConfig:
+    """The architecture, checked: every width divides into its heads, and masking leaves some patches."""
+    if image_size % patch_size:
+        raise ConfigError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    for width, heads, name in ((hidden_size, num_heads, "hidden_size"),
+                               (decoder_hidden_size, decoder_heads, "decoder_hidden_size")):
+        if width % heads:
+            raise ConfigError(f"{name} {width} is not a multiple of its attention heads ({heads})")
+    num_patches = (image_size // patch_size) ** 2
+    if not 0.0 < mask_ratio < 1.0 or int(num_patches * (1 - mask_ratio)) < 1:
+        raise ConfigError(f"mask_ratio {mask_ratio} must mask some but not all of the {num_patches} patches")
+    return ViTMAEConfig(image_size=image_size, patch_size=patch_size, num_channels=3, hidden_size=hidden_size,
+                        num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                        intermediate_size=intermediate_size, decoder_hidden_size=decoder_hidden_size,
+                        decoder_num_hidden_layers=decoder_layers, decoder_num_attention_heads=decoder_heads,
+                        decoder_intermediate_size=decoder_intermediate_size, mask_ratio=mask_ratio,
+                        norm_pix_loss=norm_pix_loss)
+
+
+@dataclass
+class MaeRun:
+    """One pre-training run: what it trains, on what, and where the loop stands (step, epoch, position)."""
+
+    out: Path
+    paths: list[Path]
+    model: ViTMAEForPreTraining
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    recipe: dict  # everything the final weights depend on; a resume with any of it changed is refused
+    batch_size: int
+    total_steps: int
+    seed: int
+    num_workers: int = 0
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # batches done in the current epoch
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.paths) / self.batch_size)
+
+    @property
+    def num_patches(self) -> int:
+        config = self.model.config
+        return (config.image_size // config.patch_size) ** 2
+
+
+def _resume(run: MaeRun, resume: bool) -> None:
+    latest = latest_checkpoint(run.out)
+    if latest is not None and not resume:
+        raise ConfigError(f"{run.out} holds checkpoints of an earlier run ({latest.name}); pass "
+                          "resume=True (--resume) to continue it, or choose another folder")
+    if latest is not None:
+        state = restore_checkpoint(latest, run.model, run.optimizer, run.scheduler, run.recipe)
+        run.step, run.epoch, run.position = state["step"], state["epoch"], state["position"]
+    run.out.mkdir(parents=True, exist_ok=True)
+    # Rows logged after the checkpoint (by the interrupted run) would be logged again: drop them.
+    metrics_file = run.out / "metrics.jsonl"
+    kept_rows = read_losses(metrics_file, up_to_step=run.step)
+    metrics_file.write_text("".join(json.dumps(row) + "\n" for row in kept_rows))
+
+
+def _train_step(run: MaeRun, pixels: torch.Tensor, logger: StepLogger) -> float:
+    lr_now = run.scheduler.get_last_lr()[0]  # logged: the rate this step used
+    loss = run.model(pixel_values=pixels, noise=step_noise(run.seed, run.step, len(pixels), run.num_patches)).loss
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+    run.step, run.position = run.step + 1, run.position + 1
+    if run.position == run.steps_per_epoch:
+        run.epoch, run.position = run.epoch + 1, 0
+    logger.accumulate(loss, {}, {}, len(pixels))
+    logger.step_done(run.step, lr_now)
+    return loss.item()
+
+
+def _train(run: MaeRun, logger: StepLogger, save_every: int | None, on_step) -> int:
+    """Steps until the last; returns how many images this call trained on."""
+    transform = ImageTransform(run.model.config.image_size, IMAGENET_MEAN, IMAGENET_STD, aspect="pad")
+    images_seen = 0
+    run.model.train()
+    while run.step < run.total_steps:
+        items = epoch_items(run.paths, run.seed, run.epoch)[run.position * run.batch_size:]
+        loader = torch.utils.data.DataLoader(FlippedImages(items, transform), batch_size=run.batch_size,
+                                             shuffle=False, num_workers=run.num_workers)
+        for pixels, errors in loader:
+            failed = next((error for error in errors if error), None)
+            if failed:
+                path, message = failed.split("\t", 1)
+                raise DataError(message, reason="unreadable_image", file=path)
+            loss = _train_step(run, pixels, logger)
+            images_seen += len(pixels)
+            if save_every and run.step % save_every == 0 and run.step < run.total_steps:
+                save_checkpoint(run.out, run.model, run.optimizer, run.scheduler,
+                                {"step": run.step, "epoch": run.epoch, "position": run.position, "recipe": run.recipe})
+            if on_step is not None:
+                on_step(run.step, loss)
+            if run.step >= run.total_steps:
+                break
+    return images_seen
+
+
 def pretrain_mae(images: str | Path, out: str | Path, *, image_size: int = 224, patch_size: int = 16,
                  hidden_size: int = 192, num_layers: int = 4, num_heads: int = 3, intermediate_size: int = 768,
                  decoder_hidden_size: int = 128, decoder_layers: int = 2, decoder_heads: int = 4,
@@ -135,89 +241,30 @@ def pretrain_mae(images: str | Path, out: str | Path, *, image_size: int = 224, 
     (= 1.9e-5 at batch 32): that rule was tuned for ViT-B/L over 800+ epochs at batch 4096, and leaves a
     4-layer, 192-wide model barely moving in a few thousand steps. `on_step(step, loss)` runs after each
     step (and its checkpoint); an exception from it stops the run, which `resume=True` then continues."""
-    out = Path(out)
-    paths = find_images(images)
-    if image_size % patch_size:
-        raise ConfigError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
-    for width, heads, name in ((hidden_size, num_heads, "hidden_size"),
-                               (decoder_hidden_size, decoder_heads, "decoder_hidden_size")):
-        if width % heads:
-            raise ConfigError(f"{name} {width} is not a multiple of its attention heads ({heads})")
-    num_patches = (image_size // patch_size) ** 2
-    if not 0.0 < mask_ratio < 1.0 or int(num_patches * (1 - mask_ratio)) < 1:
-        raise ConfigError(f"mask_ratio {mask_ratio} must mask some but not all of the {num_patches} patches")
-    steps_per_epoch = math.ceil(len(paths) / batch_size)
-    total_steps = max_steps if max_steps is not None else epochs * steps_per_epoch
+    out, paths = Path(out), find_images(images)
+    config = mae_config(image_size, patch_size, hidden_size, num_layers, num_heads, intermediate_size,
+                        decoder_hidden_size, decoder_layers, decoder_heads, decoder_intermediate_size, mask_ratio,
+                        norm_pix_loss)
+    total_steps = max_steps if max_steps is not None else epochs * math.ceil(len(paths) / batch_size)
     if total_steps < 1:
         raise ConfigError(f"nothing to train: max_steps={max_steps}, epochs={epochs}")
-    config = ViTMAEConfig(image_size=image_size, patch_size=patch_size, num_channels=3, hidden_size=hidden_size,
-                          num_hidden_layers=num_layers, num_attention_heads=num_heads,
-                          intermediate_size=intermediate_size, decoder_hidden_size=decoder_hidden_size,
-                          decoder_num_hidden_layers=decoder_layers, decoder_num_attention_heads=decoder_heads,
-                          decoder_intermediate_size=decoder_intermediate_size, mask_ratio=mask_ratio,
-                          norm_pix_loss=norm_pix_loss)
-    # Everything the final weights depend on; a resume with any of these changed is refused.
     architecture = {k: v for k, v in config.to_diff_dict().items() if k != "transformers_version"}
-    recipe = {"images": len(paths), "config": architecture, "total_steps": total_steps,
-              "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio,
-              "seed": seed}
-    recipe = json.loads(json.dumps(recipe))  # the form a checkpoint's JSON gives back
+    recipe = json.loads(json.dumps({  # the form a checkpoint's JSON gives back
+        "images": len(paths), "config": architecture, "total_steps": total_steps, "batch_size": batch_size,
+        "lr": lr, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio, "seed": seed}))
     model = new_model(config, seed)
     optimizer = adamw(model, lr, weight_decay)
-    scheduler = build_scheduler(optimizer, warmup_ratio, total_steps)
-
-    metrics_file = out / "metrics.jsonl"
-    step, epoch, position = 0, 0, 0
-    latest = latest_checkpoint(out)
-    if latest is not None and not resume:
-        raise ConfigError(f"{out} holds checkpoints of an earlier run ({latest.name}); pass "
-                          "resume=True (--resume) to continue it, or choose another folder")
-    if latest is not None:
-        state = restore_checkpoint(latest, model, optimizer, scheduler, recipe)
-        step, epoch, position = state["step"], state["epoch"], state["position"]
-    out.mkdir(parents=True, exist_ok=True)
-    # Rows logged after the checkpoint (by the interrupted run) would be logged again: drop them.
-    kept_rows = read_losses(metrics_file, up_to_step=step)
-    metrics_file.write_text("".join(json.dumps(row) + "\n" for row in kept_rows))
-
-    transform = ImageTransform(image_size, IMAGENET_MEAN, IMAGENET_STD, aspect="pad")
-    started, start_step, images_seen = time.perf_counter(), step, 0
-    bar = tqdm(total=total_steps, initial=step, desc="pretrain-mae", disable=not progress, dynamic_ncols=True)
-    model.train()
-    with metrics_file.open("a") as metrics:
-        while step < total_steps:
-            items = epoch_items(paths, seed, epoch)[position * batch_size:]
-            loader = torch.utils.data.DataLoader(FlippedImages(items, transform), batch_size=batch_size,
-                                                 shuffle=False, num_workers=num_workers)
-            for pixels, errors in loader:
-                failed = next((error for error in errors if error), None)
-                if failed:
-                    path, message = failed.split("\t", 1)
-                    raise DataError(message, reason="unreadable_image", file=path)
-                lr_now = scheduler.get_last_lr()[0]
-                loss = model(pixel_values=pixels, noise=step_noise(seed, step, len(pixels), num_patches)).loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                step, position, images_seen = step + 1, position + 1, images_seen + len(pixels)
-                if position == steps_per_epoch:
-                    epoch, position = epoch + 1, 0
-                metrics.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr_now}) + "\n")
-                metrics.flush()
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_now:.2e}")
-                if save_every and step % save_every == 0 and step < total_steps:
-                    save_checkpoint(out, model, optimizer, scheduler,
-                                    {"step": step, "epoch": epoch, "position": position, "recipe": recipe})
-                if on_step is not None:
-                    on_step(step, loss.item())
-                if step >= total_steps:
-                    break
-    bar.close()
-    seconds = time.perf_counter() - started
-    losses = read_losses(metrics_file)
-    summary = {"images": len(paths), "steps": total_steps, "steps_this_run": step - start_step,
+    run = MaeRun(out, paths, model, optimizer, build_scheduler(optimizer, warmup_ratio, total_steps), recipe,
+                 batch_size, total_steps, seed, num_workers)
+    _resume(run, resume)
+    started, start_step = time.perf_counter(), run.step
+    logger = StepLogger(None, out, total_steps, run.step, desc="pretrain-mae", progress=progress)
+    try:
+        images_seen = _train(run, logger, save_every, on_step)
+    finally:
+        logger.close()
+    seconds, losses = time.perf_counter() - started, read_losses(out / "metrics.jsonl")
+    summary = {"images": len(paths), "steps": total_steps, "steps_this_run": run.step - start_step,
                "resumed_from_step": start_step or None, "first_loss": losses[0]["loss"],
                "last_loss": losses[-1]["loss"], "seconds": round(seconds, 3),
                "images_per_s": round(images_seen / seconds, 2) if seconds > 0 else None,

@@ -83,6 +83,26 @@ def _make_split(out_dir: Path, split: str, count: int, seed: int, image_size: in
     return entries
 
 
+def _manifest(params: dict, counts: dict, files: dict, forbidden, stats) -> dict:
+    """What a world folder holds and how to read it; written last, so it marks a complete world."""
+    return {
+        "version": WORLD_VERSION, "generator": "vlalign.data.shapes", "params": params, "counts": counts,
+        "files": sorted(files) + [f"scenes_{split}.jsonl" for split in SPLITS],
+        "vocab": {"colors": {name: list(rgb) for name, rgb in COLORS.items()}, "shapes": list(SHAPES),
+                  "sizes": list(SIZES), "backgrounds": list(BACKGROUND_KINDS)},
+        "forbidden_combos": [list(combo) for combo in forbidden],
+        "prompt_suffixes": SUFFIXES,
+        "caption_templates": {"train": list(TRAIN_CAPTION_TEMPLATES), "held_out": list(HELD_OUT_CAPTION_TEMPLATES)},
+        "conventions": {
+            "bbox": "pixels [x0, y0, x1, y1]: x0, y0 inclusive, x1, y1 exclusive; the square the shape is drawn in",
+            "patch_labels": "per grid g, a g x g list [row][column] (row 0 at the top) of the object index "
+                            "covering >= 25% of the cell (largest coverage wins), else -1",
+            "counts": "short answers give counts as digits",
+        },
+        "most_common_train_combos": stats.to_json(),
+    }
+
+
 def generate_world(out_dir, n_train: int, n_test: int, seed: int = 0, image_size: int = 224,
                    grids=(7, 14)) -> dict:
     """Write the world (see the module docstring) and return its manifest."""
@@ -127,22 +147,7 @@ def generate_world(out_dir, n_train: int, n_test: int, seed: int = 0, image_size
     counts = {f"images/{split}": len(entries[split]) for split in SPLITS}
     counts.update({name: len(records) for name, records in files.items()})
     counts["stage2.json (text-only)"] = len(text_only)
-    manifest = {
-        "version": WORLD_VERSION, "generator": "vlalign.data.shapes", "params": params, "counts": counts,
-        "files": sorted(files) + [f"scenes_{split}.jsonl" for split in SPLITS],
-        "vocab": {"colors": {name: list(rgb) for name, rgb in COLORS.items()}, "shapes": list(SHAPES),
-                  "sizes": list(SIZES), "backgrounds": list(BACKGROUND_KINDS)},
-        "forbidden_combos": [list(combo) for combo in forbidden],
-        "prompt_suffixes": SUFFIXES,
-        "caption_templates": {"train": list(TRAIN_CAPTION_TEMPLATES), "held_out": list(HELD_OUT_CAPTION_TEMPLATES)},
-        "conventions": {
-            "bbox": "pixels [x0, y0, x1, y1]: x0, y0 inclusive, x1, y1 exclusive; the square the shape is drawn in",
-            "patch_labels": "per grid g, a g x g list [row][column] (row 0 at the top) of the object index "
-                            "covering >= 25% of the cell (largest coverage wins), else -1",
-            "counts": "short answers give counts as digits",
-        },
-        "most_common_train_combos": stats.to_json(),
-    }
+    manifest = _manifest(params, counts, files, forbidden, stats)
     _write_json(out_dir / "manifest.json", manifest)
     return manifest
 

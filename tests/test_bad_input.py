@@ -235,6 +235,28 @@ def test_unknown_override_key_lists_the_valid_keys():
         load_config(None, ["trian.lr=1"])
 
 
+def test_set_values_are_read_against_the_field_type():
+    # YAML 1.1 reads no/yes/on/off as booleans; a text field keeps the text as written
+    config = load_config(None, ["train.mixed_precision=no", "data.system_prompt=yes", "data.chat_template=null",
+                                "train.lr=2e-3", "model.connector_options={pool: 2}"])
+    assert config.train.mixed_precision == "no" and config.data.system_prompt == "yes"
+    assert config.data.chat_template is None and config.train.lr == 0.002
+    assert config.model.connector_options == {"pool": 2}
+    with pytest.raises(ConfigError, match="train.mixed_precision"):
+        load_config(None, ["train.mixed_precision=off"])  # text now, and not one of no|bf16|fp16
+
+
+def test_nested_patches_replace_dict_fields_and_name_unknown_keys():
+    config = load_config("configs/quickstart-stage1.yaml",
+                         patches=[{"objectives": {"xformer": {}}, "model": {"connector_options": {"num_queries": 4}},
+                                   "train": {"lr": 3e-4}}])
+    assert config.objectives == {"xformer": {}}  # replaced whole, not merged into the preset's generative
+    assert config.model.connector_options == {"num_queries": 4} and config.model.connector == "mlp2x_gelu"
+    assert config.train.lr == 3e-4 and config.train.batch_size == 8  # sections merge key by key
+    with pytest.raises(ConfigError, match="'train.lrr'.*batch_size"):
+        load_config(None, patches=[{"train": {"lrr": 1}}])
+
+
 def test_unknown_yaml_key_lists_the_valid_keys(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("train:\n  lr: 0.001\n  lr_rate: 1\ndata:\n  format: chat\n")

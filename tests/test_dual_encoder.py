@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from vlalign.data.images import load_image
-from vlalign.dual_encoder import (HFDualEncoder, PackagedDualEncoder, load_dual_encoder, patch_word_similarity,
-                                  save_dual_encoder)
+from vlalign.dual_encoder.checkpoint import load_dual_encoder, save_dual_encoder
+from vlalign.dual_encoder.hf import HFDualEncoder
+from vlalign.dual_encoder.packaged import PackagedDualEncoder
+from vlalign.dual_encoder.probe import patch_word_similarity
 from vlalign.dual_encoder.cli import add_arguments, format_report, main_train_dual_encoder
 from vlalign.dual_encoder.features import load_caption_pairs
 from vlalign.dual_encoder.train import unique_caption_batches

@@ -149,7 +149,7 @@ def test_grid_mismatch_is_a_clear_error():
 def tiny_encoder():
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
-    from vlalign.dual_encoder import HFDualEncoder
+    from vlalign.dual_encoder.hf import HFDualEncoder
     from vlalign.models.sources import parse_source
 
     tokenizer = AutoTokenizer.from_pretrained(parse_source("minilm-l6").location)

@@ -1,15 +1,7 @@
-"""CLIP-like dual encoders: one interface over a small offline LiT-style model and HF CLIP / SigLIP.
+"""CLIP-like dual encoders: one interface (base.py) over a small offline LiT-style model (packaged.py, heads.py,
+training in train.py, saving in checkpoint.py) and HF CLIP / SigLIP (hf.py), and what SEA uses them for:
+labelling every image patch with words (labeller.py, `vlalign label-patches`).
 
-The heavy imports (transformers, the towers) happen when a model is built, not on import.
+Import from the modules: this package file imports nothing, because the command line builds the parsers
+of `train-dual-encoder` and `label-patches` (cli.py, label_cli.py) on every start.
 """
-
-from vlalign.dual_encoder.base import DualEncoder
-from vlalign.dual_encoder.checkpoint import load_dual_encoder, save_dual_encoder
-from vlalign.dual_encoder.heads import ProjectionHeads
-from vlalign.dual_encoder.hf import HFDualEncoder
-from vlalign.dual_encoder.packaged import PackagedDualEncoder
-from vlalign.dual_encoder.probe import patch_word_similarity
-from vlalign.dual_encoder.train import train_dual_encoder
-
-__all__ = ["DualEncoder", "HFDualEncoder", "PackagedDualEncoder", "ProjectionHeads", "load_dual_encoder",
-           "patch_word_similarity", "save_dual_encoder", "train_dual_encoder"]

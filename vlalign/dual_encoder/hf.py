@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, CLIPModel, SiglipModel
 
 from vlalign.data.images import ImageTransform
 from vlalign.dual_encoder.base import DualEncoder
@@ -66,8 +67,6 @@ class HFDualEncoder(nn.Module, DualEncoder):
     @classmethod
     def from_pretrained(cls, source: str) -> "HFDualEncoder":
         """A hub id or local folder of a full CLIP / SigLIP checkpoint (with its tokenizer)."""
-        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, CLIPModel, SiglipModel
-
         config = load_or_explain(source, "dual encoder", lambda: AutoConfig.from_pretrained(source))
         model_class = {"clip": CLIPModel, "siglip": SiglipModel}.get(config.model_type)
         if model_class is None:

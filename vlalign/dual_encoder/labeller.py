@@ -21,9 +21,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+matplotlib.use("Agg")  # before pyplot: no display here
+import matplotlib.pyplot as plt  # noqa: E402
 
 from vlalign.data.images import ImageTransform, load_image
 from vlalign.data.llava_json import load_records
@@ -193,11 +197,6 @@ def summarize(cache: LabelCache, most_common: int = 20) -> dict:
 
 
 def plot_summary(summary: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     label = summary["label_scores"]
     left.stairs(label["counts"], label["bins"], fill=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AutoModel, AutoTokenizer
 
 from vlalign.data.images import ImageTransform
 from vlalign.dual_encoder.base import DualEncoder
@@ -27,8 +28,6 @@ class SentenceTower(nn.Module):
 
     def __init__(self, source: str = DEFAULT_TEXT_SOURCE, max_length: int = 256):
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-
         location = parse_source(source).location
         self.source = source
         self.max_length = max_length  # all-MiniLM-L6-v2's sentence_bert_config max_seq_length

@@ -2,10 +2,11 @@
 
   1. load caption pairs (train, and test if given) - bad records fail here, before any compute;
   2. run the frozen towers once over every image and every distinct caption (progress bars);
-  3. train the heads on the cached tensors: symmetric InfoNCE (`objectives.functional.info_nce`) with the
-     learnable temperature, AdamW, cosine learning-rate decay;
+  3. train the heads on the cached tensors: symmetric InfoNCE (`losses.functional.info_nce`) with the
+     learnable temperature, AdamW, cosine learning-rate decay (the training engine's scheduler and progress
+     logger, vlalign.train);
   4. write heads.safetensors + config.json (loadable with `load_dual_encoder`) and report.json with
-     zero-shot retrieval on the test captions (`eval.alignment`).
+     zero-shot retrieval on the test captions (`losses.retrieval`).
 
 Duplicate captions (different images, identical text) would be false negatives for InfoNCE: the loss
 would push an image away from a caption that describes it just as well. Batches are therefore built so
@@ -27,7 +28,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from vlalign.dual_encoder.checkpoint import load_dual_encoder, save_dual_encoder
 from vlalign.dual_encoder.features import CachedFeatures, cache_features, load_caption_pairs
@@ -35,6 +35,8 @@ from vlalign.dual_encoder.heads import ProjectionHeads
 from vlalign.dual_encoder.packaged import PackagedDualEncoder
 from vlalign.losses.retrieval import modality_gap, retrieval_recall
 from vlalign.losses.functional import info_nce
+from vlalign.train.optim import build_scheduler
+from vlalign.train.progress import StepLogger
 
 __all__ = ["train_dual_encoder", "load_dual_encoder", "unique_caption_batches", "fit_heads", "evaluate_heads"]
 
@@ -87,12 +89,12 @@ def fit_heads(heads: ProjectionHeads, cache: CachedFeatures, epochs: int, batch_
     plan, singletons = plan_epochs(caption_index, epochs, batch_size, seed)
     total_steps = max(1, sum(len(batches) for batches in plan))
     optimizer = _optimizer(heads, lr, weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    schedule = build_scheduler(optimizer, 0.0, total_steps)  # cosine decay to 0, no warmup
     heads.train()
-    epoch_loss = []
-    with tqdm(total=total_steps, desc="train heads", unit="step", disable=not progress) as bar:
-        for epoch, batches in enumerate(plan):
+    epoch_loss, step = [], 0
+    logger = StepLogger(None, None, total_steps, desc="train heads", progress=progress)
+    try:
+        for batches in plan:
             losses = []
             for batch in batches:
                 index = torch.tensor(batch)
@@ -105,9 +107,12 @@ def fit_heads(heads: ProjectionHeads, cache: CachedFeatures, epochs: int, batch_
                 schedule.step()
                 heads.clamp_logit_scale_()
                 losses.append(loss.item())
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}", scale=f"{heads.logit_scale().item():.1f}")
+                step += 1
+                logger.accumulate(loss, {}, {"logit_scale": heads.logit_scale().item()}, len(batch))
+                logger.step_done(step, schedule.get_last_lr()[0])
             epoch_loss.append(sum(losses) / max(1, len(losses)))
+    finally:
+        logger.close()
     heads.eval()
     largest = max(Counter(caption_index).values())
     return {"epoch_loss": epoch_loss, "steps": total_steps, "largest_caption_group": largest,

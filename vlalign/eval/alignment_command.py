@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from vlalign.data.images import load_image
 from vlalign.errors import ConfigError
@@ -51,9 +52,6 @@ def run_alignment(checkpoint: str | Path, data: str | Path, out: str | Path, *, 
                   limit: int | None = 1000, batch_size: int = 16, words_file: str | Path | None = None,
                   prompt: bool = True, examples: int = 2, model=None, config=None) -> dict:
     """Measure one checkpoint (or an already loaded `model`, `config`); write everything under `out`."""
-    from tqdm.auto import tqdm
-
-
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

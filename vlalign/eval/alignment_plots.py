@@ -21,7 +21,7 @@ GOOD, BAD, NEUTRAL = "#1a9850", "#d73027", "#ffffff"
 
 
 def plot_tsne(image_embeds: torch.Tensor, text_embeds: torch.Tensor, path: Path, seed: int = 0) -> Path:
-    from sklearn.manifold import TSNE
+    from sklearn.manifold import TSNE  # scikit-learn takes ~2 s to import; only the t-SNE picture needs it
 
     points = torch.nn.functional.normalize(torch.cat([image_embeds, text_embeds]).double(), dim=-1).numpy()
     perplexity = max(2.0, min(30.0, (len(points) - 1) / 3))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from transformers.utils import logging as hf_logging
+from transformers import ViTMAEForPreTraining
 
 from vlalign.errors import ConfigError
 from vlalign.files import write_folder_atomically
@@ -54,8 +55,6 @@ def load_saved_model(folder: Path):
     (vit.layers.0.attention.q_proj) but saves under the hub's old names (vit.encoder.layer.0.attention.
     attention.query) and maps them back on load. A key it cannot place would be initialised at random
     with only a warning, so any missing or unexpected key is an error here."""
-    from transformers import ViTMAEForPreTraining
-
     with quiet_hf_progress():
         model, info = ViTMAEForPreTraining.from_pretrained(folder, output_loading_info=True)
     problems = {kind: keys for kind, keys in info.items() if keys and kind != "error_msgs"}

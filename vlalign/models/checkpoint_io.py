@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 
 def load_tensor_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     # Some training scripts save {"state_dict": ...} or {"model": ...}.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from vlalign.errors import ModelSourceError
 from vlalign.models.sources import hf_folder_for_gguf, load_or_explain, parse_source
 
@@ -16,8 +18,6 @@ def resolve_llm_folder(source_text: str) -> str:
 
 
 def load_tokenizer(folder: str, image_token: str):
-    from transformers import AutoTokenizer
-
     tokenizer = load_or_explain(folder, "tokenizer", lambda: AutoTokenizer.from_pretrained(folder))
     if not getattr(tokenizer, "is_fast", False):
         raise ModelSourceError(f"tokenizer of {folder!r} is not a fast tokenizer; label masking needs offsets")
@@ -31,8 +31,6 @@ def load_tokenizer(folder: str, image_token: str):
 
 def load_llm(source_text: str, image_token: str, attn_implementation: str = "sdpa"):
     """Returns (causal LM with room for the image token, tokenizer, image token id)."""
-    from transformers import AutoModelForCausalLM
-
     folder = resolve_llm_folder(source_text)
     tokenizer = load_tokenizer(folder, image_token)
     model = load_or_explain(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AutoImageProcessor, ViTMAEForPreTraining
 
 from vlalign.data.images import IMAGENET_MEAN, IMAGENET_STD
 from vlalign.errors import ConfigError
@@ -38,8 +39,6 @@ class CrossBlock(nn.Module):
 
 def load_mae(source: str):
     """A frozen `ViTMAEForPreTraining` and its pixel statistics (mean, std, image size)."""
-    from transformers import AutoImageProcessor, ViTMAEForPreTraining  # only X-Former runs pay this import
-
     location = parse_source(source).location
     mae = load_or_explain(location, "MAE (ViTMAEForPreTraining)",
                           lambda: ViTMAEForPreTraining.from_pretrained(location))

@@ -15,6 +15,7 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoModel, AutoTokenizer
 from torch import nn
 
 from vlalign.errors import ConfigError
@@ -240,8 +241,6 @@ def bert_to_query_former(bert_state: dict[str, torch.Tensor], layers: int) -> di
 def build_query_former(text_source: str, num_queries: int, vision_dim: int, cross_attention_every: int = 2,
                        dropout: float = 0.1):
     """A QueryFormer initialised from a BERT-family encoder, plus its tokenizer with a [DEC] token added."""
-    from transformers import AutoModel, AutoTokenizer  # only query connectors pay this import
-
     location = parse_source(text_source).location
     bert = load_or_explain(location, "Q-Former text encoder", lambda: AutoModel.from_pretrained(location))
     config = bert.config

@@ -7,8 +7,11 @@ image size and normalisation its weights expect.
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModel, SiglipVisionModel
 
 from vlalign.errors import ModelSourceError
 from vlalign.models.checkpoint_io import load_tensor_file
@@ -110,8 +113,6 @@ class FeatureMapTower(VisionTower):
 
 
 def _hf_vision_model(source_text: str):
-    from transformers import AutoConfig, AutoModel, CLIPVisionModel, SiglipVisionModel
-
     config = load_or_explain(source_text, "vision tower", lambda: AutoConfig.from_pretrained(source_text))
     # Full dual-encoder checkpoints (CLIPModel/SiglipModel) load just their vision half.
     family = {"clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel,
@@ -124,8 +125,6 @@ def _hf_vision_model(source_text: str):
 
 def _processor_stats(source_text: str, default_mean, default_std):
     try:
-        from transformers import AutoImageProcessor
-
         processor = AutoImageProcessor.from_pretrained(source_text)
         return tuple(processor.image_mean), tuple(processor.image_std)
     except (OSError, ValueError, AttributeError, TypeError):
@@ -156,8 +155,6 @@ def load_vision_tower(source_text: str, feature_layer: int = -2, select: str = "
 
 def _timm_tower(source: Source, source_text: str, image_size: int | None, select: str,
                 feature_stage: int | None) -> VisionTower:
-    import importlib.util
-
     if importlib.util.find_spec("timm") is None:
         raise ModelSourceError(f"vision tower {source_text!r} needs timm (pip install 'vlalign[timm]'); "
                                f"the packaged 'efficientnet-lite0' works without it")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from vlalign.files import write_file_atomically
 from vlalign.data.eos_layout import TEXT_TEMPLATE, read_positions, text_inputs
@@ -87,8 +88,6 @@ class TextEmbeddingCache:
 
     def fill(self, embed_rows, texts: list[str], batch_size: int, description: dict, progress: bool = True) -> None:
         """Embed `texts[rows_done:]` with `embed_rows(list[str]) -> [n, D]`, flushing every CHUNK_ROWS rows."""
-        from tqdm.auto import tqdm
-
         self.folder.mkdir(parents=True, exist_ok=True)
         start = self.rows_done()
         array = self.open("w+")

@@ -19,9 +19,9 @@ from vlalign.train.stages import resolve_tune
 def check_config(config: RunConfig) -> None:
     resolved = resolved_objectives(config.objectives)
     connector_options(config.model.connector, config.model.connector_options)
-    resolve_layout(config.data.format, merged_sample_fields(config.objectives))
-    for name, (cls, _) in resolved.items():
+    for name, (cls, _) in resolved.items():  # first: these errors name the objective and say why
         check_requires(name, cls.requires, config)
+    resolve_layout(config.data.format, merged_sample_fields(config.objectives))
 
 
 def check_requires(name: str, requires: Requires, config: RunConfig) -> None:

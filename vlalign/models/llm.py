@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from vlalign.errors import ModelSourceError
 from vlalign.models.sources import hf_folder_for_gguf, load_or_explain, parse_source
 
@@ -18,6 +16,9 @@ def resolve_llm_folder(source_text: str) -> str:
 
 
 def load_tokenizer(folder: str, image_token: str):
+    # transformers imported on use (here and in load_llm): `vlalign train` / `info` check a config before any model loads
+    from transformers import AutoTokenizer
+
     tokenizer = load_or_explain(folder, "tokenizer", lambda: AutoTokenizer.from_pretrained(folder))
     if not getattr(tokenizer, "is_fast", False):
         raise ModelSourceError(f"tokenizer of {folder!r} is not a fast tokenizer; label masking needs offsets")
@@ -31,6 +32,8 @@ def load_tokenizer(folder: str, image_token: str):
 
 def load_llm(source_text: str, image_token: str, attn_implementation: str = "sdpa"):
     """Returns (causal LM with room for the image token, tokenizer, image token id)."""
+    from transformers import AutoModelForCausalLM
+
     folder = resolve_llm_folder(source_text)
     tokenizer = load_tokenizer(folder, image_token)
     model = load_or_explain(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoImageProcessor, ViTMAEForPreTraining
 
 from vlalign.data.images import IMAGENET_MEAN, IMAGENET_STD
 from vlalign.errors import ConfigError
@@ -39,6 +38,10 @@ class CrossBlock(nn.Module):
 
 def load_mae(source: str):
     """A frozen `ViTMAEForPreTraining` and its pixel statistics (mean, std, image size)."""
+    # Imported here: transformers' image-processing stack takes ~1.7 s, and `vlalign train` / `info` import
+    # this module to check a config before any weights load; only X-Former runs need it.
+    from transformers import AutoImageProcessor, ViTMAEForPreTraining
+
     location = parse_source(source).location
     mae = load_or_explain(location, "MAE (ViTMAEForPreTraining)",
                           lambda: ViTMAEForPreTraining.from_pretrained(location))

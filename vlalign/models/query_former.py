@@ -15,7 +15,6 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, AutoTokenizer
 from torch import nn
 
 from vlalign.errors import ConfigError
@@ -241,6 +240,9 @@ def bert_to_query_former(bert_state: dict[str, torch.Tensor], layers: int) -> di
 def build_query_former(text_source: str, num_queries: int, vision_dim: int, cross_attention_every: int = 2,
                        dropout: float = 0.1):
     """A QueryFormer initialised from a BERT-family encoder, plus its tokenizer with a [DEC] token added."""
+    # Imported here, as in mae_branch: the config checks import this module and should start fast.
+    from transformers import AutoModel, AutoTokenizer
+
     location = parse_source(text_source).location
     bert = load_or_explain(location, "Q-Former text encoder", lambda: AutoModel.from_pretrained(location))
     config = bert.config

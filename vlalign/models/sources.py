@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from vlalign.errors import ModelSourceError
 from vlalign.files import write_folder_once
 
@@ -98,6 +96,8 @@ def hf_folder_for_gguf(gguf_path: str) -> Path:
     target = cache_dir() / "gguf" / f"{path.stem}-{key}"
     if (target / "config.json").is_file():
         return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # on use: only a first GGUF conversion needs it
+
     print(f"[vlalign] converting {path.name} to a cached HF folder (once): {target}")
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -11,7 +11,6 @@ import importlib.util
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModel, SiglipVisionModel
 
 from vlalign.errors import ModelSourceError
 from vlalign.models.checkpoint_io import load_tensor_file
@@ -113,6 +112,9 @@ class FeatureMapTower(VisionTower):
 
 
 def _hf_vision_model(source_text: str):
+    # transformers imported on use: `vlalign train` / `info` check a config before any model loads
+    from transformers import AutoConfig, AutoModel, CLIPVisionModel, SiglipVisionModel
+
     config = load_or_explain(source_text, "vision tower", lambda: AutoConfig.from_pretrained(source_text))
     # Full dual-encoder checkpoints (CLIPModel/SiglipModel) load just their vision half.
     family = {"clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel,
@@ -124,6 +126,8 @@ def _hf_vision_model(source_text: str):
 
 
 def _processor_stats(source_text: str, default_mean, default_std):
+    from transformers import AutoImageProcessor  # on use, as above: its image stack takes ~1.5 s to import
+
     try:
         processor = AutoImageProcessor.from_pretrained(source_text)
         return tuple(processor.image_mean), tuple(processor.image_std)

@@ -8,7 +8,6 @@ Frozen components are kept in eval mode: a frozen CNN's BatchNorm statistics mus
 from __future__ import annotations
 
 from torch import nn
-from peft import LoraConfig, inject_adapter_in_model
 
 from vlalign.config import TuneConfig
 
@@ -28,6 +27,9 @@ def resolve_tune(stage: int, tune: TuneConfig) -> dict[str, str]:
 
 def inject_lora(language_model: nn.Module, tune: TuneConfig) -> None:
     """LoRA in place (no wrapper), so weight names stay `language_model.model.layers...`."""
+    # peft imported on use: it takes ~2.5 s, and the config checks (resolve_tune) import this module
+    from peft import LoraConfig, inject_adapter_in_model
+
     lora = tune.lora
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=lora.target_modules, bias="none")

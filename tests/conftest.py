@@ -92,16 +92,20 @@ def tiny_query_models(tmp_path_factory) -> dict[str, str]:
     """Folders: 'bert' (tiny random BERT + WordPiece tokenizer, the Q-Former's text side), 'mae' (tiny random
     ViTMAEForPreTraining: 32 px, 8 px patches, encoder 32 wide, decoder 16 wide)."""
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, BertTokenizerFast, ViTMAEConfig, ViTMAEForPreTraining
 
     root = tmp_path_factory.mktemp("tiny_query_models")
     torch.manual_seed(0)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
+    # The vocabulary is written out, not trained: tokenizers' WordPieceTrainer numbers tokens differently in
+    # every process (hash-map order), which made the Q-Former tests see another random BERT each session.
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = sorted({word for text in CORPUS for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))})
+    letters = sorted({letter for word in words for letter in word})
+    vocab = [*specials, *letters, *(f"##{letter}" for letter in letters), *(w for w in words if len(w) > 1)]
+    backend = Tokenizer(models.WordPiece({token: index for index, token in enumerate(vocab)}, unk_token="[UNK]"))
+    backend.normalizer, backend.pre_tokenizer = normalizer, pre_tokenizer
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", backend.token_to_id("[CLS]")),
                                                  ("[SEP]", backend.token_to_id("[SEP]"))])

@@ -1,4 +1,4 @@
-"""Official and lmms-eval scoring of POPE, MME and ScienceQA. Every expected number is worked out by hand from the
+"""Official and lmms-eval scoring of POPE, MME, ScienceQA and GQA. Every expected number is worked out by hand from the
 benchmark's definition (see each scorer's docstring), in the comments next to it."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from vlalign.errors import DataError
+from vlalign.eval.benchmarks.gqa import score_gqa
 from vlalign.eval.benchmarks.mme import score_mme
 from vlalign.eval.benchmarks.pope import score_pope
 from vlalign.eval.benchmarks.science_qa import score_science_qa
@@ -119,3 +120,26 @@ def test_science_qa_lmms_eval_wants_the_letter_itself_or_letter_period():
     decisions, metrics = score_science_qa(SQA_QUESTIONS, SQA_ANSWERS, "lmms-eval")
     assert [d.correct for d in decisions] == [False, False, True, False, True, False]  # "The answer is B." wrong
     assert metrics["accuracy"] == pytest.approx(2 / 6) and metrics["img_accuracy"] == 0.0
+
+
+GQA_QUESTIONS = [
+    {"question_id": "g1", "answer": "yes", "types": {"structural": "verify"}},
+    {"question_id": "g2", "answer": "red", "types": {"structural": "query"}},
+    {"question_id": "g3", "answer": "two", "types": {"structural": "query"}},
+    {"question_id": "g4", "answer": "left", "types": {"structural": "query"}},
+    {"question_id": "g5", "answer": "t-shirt", "types": {"structural": "query"}},
+]
+GQA_ANSWERS = {"g1": "Yes.", "g2": "The red one", "g3": "2", "g4": "Left!", "g5": "T-shirt."}
+
+
+def test_gqa_official_is_exact_match_after_trailing_periods_and_case():
+    decisions, metrics = score_gqa(GQA_QUESTIONS, GQA_ANSWERS, "official")
+    # no article removal ("the red one"), no number words ("2" vs "two"), "!" stays ("left!")
+    assert [d.correct for d in decisions] == [True, False, False, False, True]
+    assert metrics == {"accuracy": 0.4, "n": 5, "binary": 1.0, "open": 0.25}
+
+
+def test_gqa_lmms_eval_also_ignores_every_punctuation_mark():
+    decisions, metrics = score_gqa(GQA_QUESTIONS, GQA_ANSWERS, "lmms-eval")
+    assert [d.correct for d in decisions] == [True, False, False, True, True]  # "left!" and "tshirt" match
+    assert metrics == {"accuracy": 0.6, "n": 5, "binary": 1.0, "open": 0.5}

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
 IGNORED = {"seconds", "samples_per_s", "runtime_s", "images_per_s", "peak_rss_mb", "reused",
@@ -27,7 +28,7 @@ def tensor_digests(root: Path) -> dict[str, str]:
         if any(part.startswith("checkpoint-") for part in path.parts):
             continue
         for name, tensor in load_file(str(path)).items():
-            data = tensor.contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes()
+            data = tensor.contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes()
             digests[f"{path.relative_to(root)}:{name}"] = hashlib.sha256(data).hexdigest()
     return digests
 

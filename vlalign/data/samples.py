@@ -23,6 +23,7 @@ from vlalign.data.eos_layout import IMAGE_NOUNS
 from vlalign.data.llava_json import Record
 from vlalign.data.templates import Tokenized, tokenize_plain_with_image_eos, tokenize_record
 from vlalign.errors import ConfigError
+from vlalign.registry import add_unique
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,7 @@ SAMPLE_FIELDS: dict[str, SampleField] = {}
 
 def register_layout(name: str, data_format: Literal["plain", "chat"]):
     def wrap(tokenize):
-        if name in SAMPLE_LAYOUTS:
-            raise ValueError(f"sample layout {name!r} registered twice")
-        SAMPLE_LAYOUTS[name] = SampleLayout(name, data_format, tokenize)
+        add_unique(SAMPLE_LAYOUTS, "sample layout", name, SampleLayout(name, data_format, tokenize))
         return tokenize
     return wrap
 
@@ -76,11 +75,9 @@ def register_layout(name: str, data_format: Literal["plain", "chat"]):
 def register_sample_field(name: str, collate: Literal["tensor", "list"] = "list", layout: str | None = None):
     """Decorator for `extract(FieldContext) -> value`, making `name` a field objectives may ask for."""
     def wrap(extract):
-        if name in SAMPLE_FIELDS:
-            raise ValueError(f"sample field {name!r} registered twice")
         if collate not in ("tensor", "list"):
             raise ValueError(f"sample field {name!r}: collate must be 'tensor' or 'list', got {collate!r}")
-        SAMPLE_FIELDS[name] = SampleField(name, extract, collate, layout)
+        add_unique(SAMPLE_FIELDS, "sample field", name, SampleField(name, extract, collate, layout))
         return extract
     return wrap
 

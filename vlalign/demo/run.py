@@ -9,6 +9,7 @@ text-only baseline);  5. write report.md + metrics.json.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -78,8 +79,8 @@ def run_recipe(recipe: Recipe, ctx: DemoContext, test_sets: dict[str, list]) -> 
     world = ctx.world
     common = {"data": {"image_root": str(world)}, "train": {"mixed_precision": training_precision()}}
     if recipe.model:
-        common["model"] = json.loads(json.dumps(recipe.model))  # a copy the pre-steps may fill in
-    patches, reports = RunPatches(objectives=json.loads(json.dumps(recipe.objectives)), common=common), {}
+        common["model"] = copy.deepcopy(recipe.model)  # a copy the pre-steps may fill in
+    patches, reports = RunPatches(objectives=copy.deepcopy(recipe.objectives), common=common), {}
     for step in recipe.pre_steps:
         patches, report = PRE_STEP_FUNCTIONS[step](ctx, patches)
         reports.update(report)

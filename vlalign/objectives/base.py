@@ -23,6 +23,7 @@ from torch import nn
 
 from vlalign.errors import ConfigError
 from vlalign.models.vlm import ForwardRequest
+from vlalign.registry import class_registrar
 
 OBJECTIVES: dict[str, type["Objective"]] = {}
 
@@ -76,14 +77,7 @@ class Objective(nn.Module):
         raise NotImplementedError
 
 
-def register_objective(name: str):
-    def wrap(cls):
-        if name in OBJECTIVES:
-            raise ValueError(f"objective {name!r} registered twice")
-        cls.name = name
-        OBJECTIVES[name] = cls
-        return cls
-    return wrap
+register_objective = class_registrar(OBJECTIVES, "objective")
 
 
 def objective_options(name: str, raw: dict | None) -> ObjectiveOptions:

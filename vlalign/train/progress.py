@@ -34,7 +34,7 @@ class StepLogger:
         self.window_start = time.perf_counter()
 
     def accumulate(self, total, losses: dict, metrics: dict, batch_size: int) -> None:
-        values = {"loss": total.detach() if hasattr(total, "detach") else total, **losses}
+        values = {"loss": total.detach(), **losses}
         for name, value in values.items():
             self.sums[name] = self.sums.get(name, 0.0) + float(value)
         for name, value in metrics.items():

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from vlalign.errors import ConfigError
+from vlalign.registry import class_registrar
 
 CONNECTORS: dict[str, type["Connector"]] = {}
 
@@ -38,14 +39,7 @@ class ConnectorOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def register_connector(name: str):
-    def wrap(cls):
-        if name in CONNECTORS:
-            raise ValueError(f"connector {name!r} registered twice")
-        cls.name = name
-        CONNECTORS[name] = cls
-        return cls
-    return wrap
+register_connector = class_registrar(CONNECTORS, "connector")
 
 
 def connector_class(name: str) -> type["Connector"]:
@@ -74,14 +68,13 @@ def build_connector(name: str, vision_dim: int, llm_dim: int, options: dict | No
 
 
 class Connector(nn.Module):
-    """Base of every connector. Subclasses set `Options`, `kind` and `aux_outputs` and implement forward."""
+    """Base of every connector. Subclasses set `Options` and `kind` and implement forward."""
 
     name: ClassVar[str]
     Options: ClassVar[type[ConnectorOptions]] = ConnectorOptions
     # "patch": one visual token per (reduced) patch-grid cell, after the tower's prefix tokens; "query": a
     # fixed number of learned queries, not tied to image positions (patch diagnostics and SEA skip these).
     kind: ClassVar[str] = "patch"
-    aux_outputs: ClassVar[frozenset[str]] = frozenset()  # auxiliary tensors encode() can be asked for
     window: int | None = 1  # patch cells per visual token along each side (None: no patch grid)
 
     def __init__(self, options: ConnectorOptions):

@@ -52,7 +52,6 @@ class XFormerOptions(QFormerOptions):
 class QFormerConnector(Connector):
     Options = QFormerOptions
     kind = "query"
-    aux_outputs = frozenset({"final_queries"})
     window = None  # no patch grid: a query is not tied to an image position (patch diagnostics skip it)
 
     def __init__(self, vision_dim: int, llm_dim: int, options: QFormerOptions | None = None, tower_stats=None):
@@ -109,7 +108,6 @@ class XFormerConnector(QFormerConnector):
     """Q-Former + the MAE branch (X-Former sec. 2.3)."""
 
     Options = XFormerOptions
-    aux_outputs = frozenset({"final_queries", "reconstruction"})
 
     def __init__(self, vision_dim: int, llm_dim: int, options: XFormerOptions, tower_stats=None):
         super().__init__(vision_dim, llm_dim, options)

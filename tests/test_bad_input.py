@@ -246,6 +246,26 @@ def test_set_values_are_read_against_the_field_type():
         load_config(None, ["train.mixed_precision=off"])  # text now, and not one of no|bf16|fp16
 
 
+def test_set_value_that_is_not_yaml_is_named():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["model.connector_options={pool: 2"])
+    message = str(info.value)
+    assert message == ("override 'model.connector_options={pool: 2': the value is not valid YAML "
+                       "(expected ',' or '}', but got '<stream end>' at line 1 column 9)")
+
+
+def test_connector_options_and_connector_kind_are_checked_before_weights_load():
+    from vlalign.train.checks import check_config
+
+    with pytest.raises(ConfigError, match="connector 'mlp2x_gelu': model.connector_options.pool: .*integer >= 1, got True"):
+        check_config(load_config(None, ["model.connector_options={pool: true}"]))
+    with pytest.raises(ConfigError, match="connector 'linear': model.connector_options.norm: Input should be a valid boolean"):
+        check_config(load_config(None, ["model.connector=linear", "model.connector_options={norm: 'yes'}"]))
+    with pytest.raises(ConfigError, match="objective 'sea' needs a patch connector; model.connector 'qformer' is a "
+                                          "query connector"):
+        check_config(load_config(None, ["model.connector=qformer", "objectives={sea: {labels: somewhere}}"]))
+
+
 def test_nested_patches_replace_dict_fields_and_name_unknown_keys():
     config = load_config("configs/quickstart-stage1.yaml",
                          patches=[{"objectives": {"xformer": {}}, "model": {"connector_options": {"num_queries": 4}},

@@ -101,6 +101,13 @@ class RunConfig(Section):
     objectives: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"generative": {"weight": 1.0}})
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what went wrong and where (its own message spans several)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(exc, 'problem', None) or ' '.join(str(exc).split())}{where}"
+
+
 def parse_override(text: str) -> tuple[list[str], Any, str]:
     """key=value -> (key path, the value as YAML reads it, the raw text)."""
     if "=" not in text:
@@ -109,7 +116,7 @@ def parse_override(text: str) -> tuple[list[str], Any, str]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc})") from None
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({yaml_problem(exc)})") from None
     return key.strip().split("."), value, raw
 
 
@@ -209,7 +216,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         try:
             tree = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+            raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(exc)}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         source = str(path)

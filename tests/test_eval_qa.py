@@ -58,7 +58,7 @@ def test_accuracy_by_type_and_multiple_choice():
 def test_batched_left_padded_answers_equal_single_answers(tiny_config, toy_data):
     from vlalign.data.build import image_transform_for
     from vlalign.data.images import load_image
-    from vlalign.eval.qa import answer_batch
+    from vlalign.eval.answering import answer_batch
     from vlalign.models.vlm import VisionLanguageModel
 
     config = tiny_config(2)

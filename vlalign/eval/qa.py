@@ -12,12 +12,9 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-import torch
-from PIL import Image
-
-from vlalign.data.build import image_transform_for, read_chat_template
+from vlalign.data.build import image_transform_for
 from vlalign.data.images import load_image
-from vlalign.data.templates import prompt_ids
+from vlalign.eval.answering import answer_batch, blank_image
 
 NUMBER_WORDS = {"zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
                 "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
@@ -55,35 +52,6 @@ def is_correct(record: dict, prediction: str) -> bool:
     if "choices" in record:
         return parse_choice(prediction, record["choices"]) == record["answer"]
     return normalize(prediction) == normalize(record["answer"])
-
-
-@torch.no_grad()
-def answer_batch(model, config, questions: list[str], images: list[torch.Tensor | None],
-                 max_new_tokens: int = 12) -> list[str]:
-    """Greedy answers for a batch of prompts, left-padded so every prompt ends where generation starts."""
-    tokenizer = model.tokenizer
-    rows = [prompt_ids(tokenizer, config.data.format, question,
-                       model.image_token_id if image is not None else None, model.num_visual_tokens,
-                       config.data.system_prompt, read_chat_template(config.data.chat_template))
-            for question, image in zip(questions, images)]
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        input_ids[index, width - len(row):] = torch.tensor(row)
-        attention_mask[index, width - len(row):] = 1
-    present = [image for image in images if image is not None]
-    pixel_values = torch.stack(present) if present else None
-    new_tokens = model.generate(input_ids, attention_mask, pixel_values, max_new_tokens=max_new_tokens,
-                                do_sample=False)
-    return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-
-
-def blank_image(model) -> Image.Image:
-    """The tower's mean colour: zero after normalisation, so the image carries no information."""
-    transform = image_transform_for(model)
-    colour = tuple(int(round(c * 255)) for c in transform.mean)
-    return Image.new("RGB", (transform.size, transform.size), colour)
 
 
 def predict(model, config, records: list[dict], image_root: str | Path, *, batch_size: int = 16,

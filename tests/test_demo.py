@@ -3,7 +3,7 @@
 import json
 
 from vlalign.cli import main
-from vlalign.demo.presets import TEST_SETS
+from vlalign.demo.presets import DEMO_SETS
 
 
 def test_quick_demo_writes_report_and_metrics(tmp_path, capsys):
@@ -25,7 +25,7 @@ def test_quick_demo_writes_report_and_metrics(tmp_path, capsys):
     run = metrics["generative"]
     assert run["visual_tokens"] == 49
     for evaluation in (run["eval"], run["text_only_baseline"]):
-        assert set(evaluation) == set(TEST_SETS)
+        assert set(evaluation) == set(DEMO_SETS)
         for name, result in evaluation.items():
             assert 0.0 <= result["by_type"]["all"]["accuracy"] <= 1.0 and result["by_type"]["all"]["n"] > 0
         assert set(evaluation["pope"]["pope"]) == {"random", "popular", "adversarial"}

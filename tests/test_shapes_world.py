@@ -136,7 +136,7 @@ def test_same_seed_same_bytes_other_seed_differs(world, tmp_path):
     generate_world(again, N_TRAIN, N_TEST, seed=3, image_size=SIZE)
     files = sorted(p.relative_to(world) for p in world.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
-    assert len([f for f in files if f.suffix == ".png"]) == N_TRAIN + N_TEST + 20
+    assert len([f for f in files if f.suffix == ".png" and f.parts[0] == "images"]) == N_TRAIN + N_TEST + 20
     for name in files:
         assert (world / name).read_bytes() == (again / name).read_bytes(), name
     other = tmp_path / "other"
@@ -342,7 +342,9 @@ def test_stage2_answers_true_and_yes_no_balanced(world):
         scene = truth[record["image"]]
         for human, gpt in zip(turns[::2], turns[1::2]):
             question, answer = human["value"].replace("<image>", "").strip(), gpt["value"]
-            if question.endswith((SUFFIXES["yes_no"], SUFFIXES["yes_no_mme"])):
+            # yes/no questions share LLaVA-1.5's short-answer instruction (as POPE is asked); MME's has its own
+            if question.endswith(SUFFIXES["yes_no_mme"]) or (question.endswith(SUFFIXES["yes_no"])
+                                                             and answer in ("yes", "no")):
                 assert (answer == "yes") == yes_no_truth(scene, question), (question, answer)
             elif question.endswith(SUFFIXES["short"]):
                 assert answer == short_truth(scene, question), (question, answer)
@@ -383,3 +385,40 @@ def test_cli_generates_then_reuses(tmp_path, capsys):
     (tmp_path / "w" / "images" / "train" / "000003.png").unlink()
     assert not is_cached(tmp_path / "w", 4, 2, 0, 64, grids=(7,))
     assert main_data_shapes(args) is not None  # an incomplete world is regenerated
+
+
+def test_official_format_files_read_back_to_the_worlds_questions(world):
+    """test/official/ holds the same questions in POPE's, MME's, ScienceQA's and GQA's own formats: read with
+    the benchmarks' own readers they give the world's questions, answers and images."""
+    from vlalign.data.shapes.questions import SUFFIXES
+    from vlalign.eval.benchmarks.catalog import benchmark_named
+
+    official = world / "test" / "official"
+    pope = benchmark_named("pope").read(official / "pope", world, None)
+    own = {r["id"]: r for r in load(world, "test/pope.json")}
+    assert len(pope) == len(own)
+    for record in pope:
+        split, world_id = record["question_id"].split("/", 1)  # POPE ids restart per file: split-prefixed
+        truth = own[world_id]
+        assert (split, record["label"], record["image"]) == (truth["negative"], truth["answer"], truth["image"])
+        assert record["question"] + SUFFIXES["yes_no"] == truth["question"]
+    mme = benchmark_named("mme").read(official / "mme", world, None)
+    own_mme = load(world, "test/mme.json")
+    assert len(mme) == len(own_mme) and sorted(r["answer"] for r in mme) == sorted(r["answer"] for r in own_mme)
+    assert {r["category"] for r in mme} <= {"existence", "count", "color", "position"}
+    for record in mme:  # the copied image is the world's image, byte for byte
+        source = world / "images" / "test" / Path(record["image"]).name.split("-", 1)[1]
+        assert Path(record["image"]).read_bytes() == source.read_bytes()
+    sqa = {r["question_id"]: r for r in benchmark_named("scienceqa").read(official / "scienceqa", world, None)}
+    for truth in load(world, "test/sqa.json"):
+        record = sqa[truth["id"]]
+        assert "ABCDEFGH"[record["answer"]] == truth["answer"] and record["choices"] == truth["choices"]
+        assert record["question"] + SUFFIXES["multiple_choice"] == truth["question"]
+    for name in ("gqa", "compositional_gqa"):
+        records = benchmark_named("gqa").read(official / name / "testdev_balanced_questions.json", world, None)
+        own_gqa = {r["id"]: r for r in load(world, f"test/{name}.json")}
+        assert [r["question_id"] for r in records] == list(own_gqa)
+        for record in records:
+            truth = own_gqa[record["question_id"]]
+            assert record["answer"] == truth["answer"] and (world / record["image"]).is_file()
+            assert record["types"]["detailed"] == truth["type"]

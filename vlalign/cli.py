@@ -23,11 +23,13 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train(args) -> None:
     from vlalign.config import load_config
+    from vlalign.eval.during_training import training_eval_hook
     from vlalign.train.loop import train
 
     config = load_config(args.config, args.overrides)
     resume = True if args.resume == "latest" else args.resume
-    train(config, resume=resume)
+    hook = training_eval_hook(config)  # train.eval: benchmarks read and checked before training starts
+    train(config, resume=resume, step_hooks=(hook,) if hook else ())
 
 
 def cmd_info(args) -> None:
@@ -79,6 +81,29 @@ def cmd_eval_alignment(args) -> None:
           + (f"; probe accuracy {token['probe']['accuracy']:.3f}" if "probe" in token else ""))
     print(f"wrote {Path(args.out) / 'alignment.json'}, {Path(args.out) / 'alignment.md'} and "
           f"{len(result['pictures'])} PNGs in {result['seconds']:.0f} s")
+
+
+def cmd_eval_benchmarks(args) -> None:
+    from vlalign.eval.benchmark_command import headline_line, run_benchmarks_command
+
+    result = run_benchmarks_command(args.checkpoint, args.benchmark, args.data, args.out, image_root=args.image_root,
+                                    split=args.split, limit=args.limit, scoring=args.scoring,
+                                    batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                    blank=args.blank_images, device=args.device)
+    print(headline_line(result))
+    print(f"wrote {Path(args.out) / 'answers.jsonl'}, per_sample.jsonl and metrics.json")
+
+
+def cmd_eval_score(args) -> None:
+    from vlalign.eval.benchmark_command import headline_line, score_command
+
+    result = score_command(args.benchmark, args.questions, args.predictions, args.out, scoring=args.scoring,
+                           split=args.split)
+    print(headline_line(result))
+    if result["unmatched_predictions"]:
+        print(f"note: {result['unmatched_predictions']} predictions name no question of the set, e.g. "
+              f"{', '.join(result['unmatched_examples'])} (not scored)")
+    print(f"wrote {Path(args.out) / 'metrics.json'} and per_sample.jsonl")
 
 
 def cmd_demo(args) -> None:
@@ -155,6 +180,38 @@ def _add_eval_commands(commands) -> None:
                            help="EOS embeddings without Ak et al.'s 'This sentence: ... means:' prompts")
     alignment.add_argument("--examples", type=int, default=2, help="images drawn with recalled words / heatmaps")
     alignment.set_defaults(func=cmd_eval_alignment)
+    _add_benchmark_commands(eval_commands)
+
+
+def _add_benchmark_commands(eval_commands) -> None:
+    from vlalign.eval.benchmarks.catalog import BENCHMARKS  # readers and scorers only: no torch stack
+
+    def common(parser, data_flag: str, data_help: str) -> None:
+        parser.add_argument(data_flag, required=True, help=data_help)
+        parser.add_argument("--out", required=True, help="folder for metrics.json and per_sample.jsonl")
+        parser.add_argument("--scoring", choices=("official", "lmms-eval"), default="official",
+                            help="the benchmark's official scoring script, or lmms-eval's variant (README table)")
+        parser.add_argument("--split", default=None, help="split of a `datasets` save with several")
+
+    benchmarks = eval_commands.add_parser("benchmarks", help="answer a benchmark with a checkpoint and score it")
+    benchmarks.add_argument("--checkpoint", required=True, help="stage checkpoint (or its stage folder)")
+    benchmarks.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
+    common(benchmarks, "--data", "the benchmark's own files, or its `datasets` save / parquet")
+    benchmarks.add_argument("--image-root", default=None, help="folder of the images (default: the data's folder)")
+    benchmarks.add_argument("--limit", type=int, default=None, help="only the first N questions (as lmms-eval)")
+    benchmarks.add_argument("--batch-size", type=int, default=8)
+    benchmarks.add_argument("--max-new-tokens", type=int, default=None,
+                            help="default: the benchmark's (LLaVA-1.5 / lmms-eval)")
+    benchmarks.add_argument("--blank-images", action="store_true",
+                            help="replace every image by a blank one (the text-only baseline)")
+    benchmarks.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    benchmarks.set_defaults(func=cmd_eval_benchmarks)
+
+    score = eval_commands.add_parser("score", help="score saved predictions (LLaVA answers .jsonl); no model")
+    score.add_argument("benchmark", choices=list(BENCHMARKS))
+    common(score, "--questions", "the benchmark's own files, or its `datasets` save / parquet")
+    score.add_argument("--predictions", required=True, help="answers.jsonl: {question_id, text} per line")
+    score.set_defaults(func=cmd_eval_score)
 
 
 def _add_demo_command(commands) -> None:

@@ -69,6 +69,26 @@ class TuneConfig(Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
+class BenchmarkSetConfig(Section):
+    """One benchmark to evaluate on during training (the arguments of `vlalign eval benchmarks`)."""
+
+    benchmark: str  # pope, mme, scienceqa, gqa, ... (vlalign.eval.benchmarks.catalog)
+    data: str
+    image_root: str | None = None
+    split: str | None = None
+    scoring: Literal["official", "lmms-eval"] = "official"
+
+
+class TrainEvalConfig(Section):
+    """Evaluation on the live model while it trains (`vlalign train` runs it; LoRA active, no second copy)."""
+
+    benchmarks: list[BenchmarkSetConfig] = Field(default_factory=list)
+    every: int | None = None  # optimizer steps between evaluations; always after the last step
+    limit: int | None = 100  # first N questions of each benchmark (as `eval benchmarks --limit`)
+    batch_size: int = 8
+    max_new_tokens: int | None = None  # None: each benchmark's own
+
+
 class TrainConfig(Section):
     stage: Literal[1, 2] = 1
     output_dir: str = "runs/stage1"
@@ -88,6 +108,7 @@ class TrainConfig(Section):
     log_every: int = 10
     save_every: int | None = None  # optimizer steps between resumable checkpoints
     keep_checkpoints: int = 2
+    eval: TrainEvalConfig = Field(default_factory=TrainEvalConfig)
 
 
 class RunConfig(Section):

@@ -6,7 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
-TEST_SETS = ("pope", "gqa", "sqa", "mme", "compositional_gqa")
+# demo set -> (benchmark, its files under the world's test/official, the world's own records of it)
+GQA_FILE = "testdev_balanced_questions.json"
+DEMO_SETS = {"pope": ("pope", "pope", "pope.json"), "gqa": ("gqa", f"gqa/{GQA_FILE}", "gqa.json"),
+             "sqa": ("scienceqa", "scienceqa", "sqa.json"), "mme": ("mme", "mme", "mme.json"),
+             "compositional_gqa": ("gqa", f"compositional_gqa/{GQA_FILE}", "compositional_gqa.json")}
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ def estimate_seconds(preset: Preset, recipes: list) -> float:
     """Wall time of a demo call on this machine, from the per-sample costs above."""
     per_run = (preset.stage1_records * preset.stage1_epochs * COST_PER_SAMPLE["stage1"]
                + preset.stage2_records * COST_PER_SAMPLE["stage2"]
-               + 2 * len(TEST_SETS) * preset.eval_per_set * COST_PER_SAMPLE["eval"]
+               + 2 * len(DEMO_SETS) * preset.eval_per_set * COST_PER_SAMPLE["eval"]
                + 2 * preset.alignment_pairs * COST_PER_SAMPLE["alignment"] + 60)
     query_runs = sum("query_pretrain" in recipe.pre_steps for recipe in recipes)  # + pre-training (and the MAE once)
     query = (query_runs * preset.stage1_records * preset.query_pretrain_epochs * COST_PER_SAMPLE["query_pretrain"]

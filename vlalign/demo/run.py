@@ -19,18 +19,17 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from vlalign.config import load_config
 from vlalign.data.shapes import generate_world, is_cached
-from vlalign.demo.presets import CONFIGS, PRESETS, STAGE2_LR, TEST_SETS, Preset, estimate_seconds
+from vlalign.demo.evaluation import demo_sets, evaluate_sets
+from vlalign.demo.presets import CONFIGS, PRESETS, STAGE2_LR, Preset, estimate_seconds
 from vlalign.demo.prestep import PRE_STEP_FUNCTIONS, DemoContext, RunPatches
 from vlalign.demo.recipes import RECIPES, Recipe, resolve_objectives
 from vlalign.demo.steps import dual_encoder, stage_summary, train_stage, training_precision
 from vlalign.eval.alignment_command import run_alignment
-from vlalign.eval.qa import benchmark_metrics, predict
 from vlalign.eval.report import render_report
-from vlalign.train.load import load_checkpoint_model
+from vlalign.train.load import checkpoint_fingerprint, load_checkpoint_model, resolve_checkpoint
 
 
 def _subset(records: list, limit: int, seed: int) -> list:
@@ -38,17 +37,6 @@ def _subset(records: list, limit: int, seed: int) -> list:
         return records
     chosen = sorted(random.Random(seed).sample(range(len(records)), limit))
     return [records[i] for i in chosen]
-
-
-def _evaluate(model, config, world: Path, test_sets: dict[str, list], blank: bool) -> tuple[dict, dict]:
-    evaluation, predictions = {}, {}
-    total = sum(len(records) for records in test_sets.values())
-    with tqdm(total=total, desc="eval (blank image)" if blank else "eval", dynamic_ncols=True) as bar:
-        for name, records in test_sets.items():
-            predictions[name] = predict(model, config, records, world, blank=blank, progress=bar)
-            evaluation[name] = benchmark_metrics(name.split("_")[-1] if name.startswith("compositional")
-                                                 else name, records, predictions[name])
-    return evaluation, predictions
 
 
 def _alignment(checkpoint: Path, world: Path, out: Path, preset: Preset, model=None, config=None) -> dict:
@@ -88,13 +76,24 @@ def run_recipe(recipe: Recipe, ctx: DemoContext, test_sets: dict[str, list]) -> 
     alignment = {"stage1": _alignment(stage1, world, ctx.run_dir / "alignment_stage1", ctx.preset)}
     model, config = load_checkpoint_model(stage2)
     alignment["stage2"] = _alignment(stage2, world, ctx.run_dir / "alignment_stage2", ctx.preset, model, config)
-    evaluation, predictions = _evaluate(model, config, world, test_sets, blank=False)
-    baseline, blank_predictions = _evaluate(model, config, world, test_sets, blank=True)
-    samples = [{"image": r["image"], "question": r["question"], "gold": r["answer"],
-                "answer": predictions["gqa"][i], "blank_answer": blank_predictions["gqa"][i]}
-               for i, r in enumerate(test_sets["gqa"][:8])]
+    folder = resolve_checkpoint(stage2)
+    identity = {"checkpoint": str(folder), "weights": checkpoint_fingerprint(folder)}
+    evaluation = evaluate_sets(model, config, world, test_sets, ctx.run_dir / "eval", False, identity)
+    baseline = evaluate_sets(model, config, world, test_sets, ctx.run_dir / "eval_blank", True, identity)
+    samples = _sample_answers(ctx.run_dir, test_sets["gqa"][:8])
     return {"objectives": patches.objectives, "visual_tokens": model.num_visual_tokens, **stages, "eval": evaluation,
             "text_only_baseline": baseline, "samples": samples, "alignment": alignment, **reports}
+
+
+def _sample_answers(run_dir: Path, records: list[dict]) -> list[dict]:
+    """A few GQA answers with the image and with a blank image, for the report."""
+    def answers(folder: str) -> dict[str, str]:
+        rows = (run_dir / folder / "gqa" / "per_sample.jsonl").read_text().splitlines()
+        return {row["question_id"]: row["prediction"] for row in map(json.loads, rows)}
+
+    real, blank = answers("eval"), answers("eval_blank")
+    return [{"image": r["image"], "question": r["question"], "gold": r["answer"], "answer": real[r["question_id"]],
+             "blank_answer": blank[r["question_id"]]} for r in records]
 
 
 def earlier_runs(out: Path, preset_name: str, seed: int) -> dict:
@@ -122,9 +121,7 @@ def _prepare_world(out: Path, preset: Preset, seed: int) -> tuple[Path, dict[str
         generate_world(world, preset.n_train, preset.n_test, seed=seed)
     else:
         print(f"[demo] reusing the world in {world}")
-    test_sets = {name: _subset(json.loads((world / "test" / f"{name}.json").read_text()), preset.eval_per_set,
-                               seed) for name in TEST_SETS}
-    return world, test_sets
+    return world, demo_sets(world, preset.eval_per_set, seed)
 
 
 def _write_run_subsets(world: Path, run_dir: Path, preset: Preset, seed: int) -> None:

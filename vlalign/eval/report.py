@@ -10,21 +10,11 @@ def _pct(value: float) -> str:
 
 
 def headline(evaluation: dict) -> dict[str, float]:
-    """One number per benchmark, the figure each benchmark is usually quoted by."""
+    """The figures each benchmark is quoted by (official scoring; percent, MME in its points)."""
     row = {}
-    if "pope" in evaluation:
-        for split, metrics in evaluation["pope"]["pope"].items():
-            row[f"POPE {split} F1"] = metrics["f1"]
-            row[f"POPE {split} acc"] = metrics["accuracy"]
-    if "gqa" in evaluation:
-        row["GQA-style acc"] = evaluation["gqa"]["by_type"]["all"]["accuracy"]
-    if "sqa" in evaluation:
-        row["ScienceQA-style MC acc"] = evaluation["sqa"]["by_type"]["all"]["accuracy"]
-    if "mme" in evaluation:
-        row["MME-style acc"] = evaluation["mme"]["mme"]["acc"]
-        row["MME-style acc+"] = evaluation["mme"]["mme"]["acc_plus"]
-    if "compositional_gqa" in evaluation:
-        row["compositional GQA-style acc"] = evaluation["compositional_gqa"]["by_type"]["all"]["accuracy"]
+    for name, result in evaluation.items():
+        prefix = "compositional " if name.startswith("compositional") else ""
+        row.update({prefix + key: value for key, value in result["headline"].items() if key != "SQA acc"})
     return row
 
 
@@ -34,7 +24,7 @@ def comparison_table(runs: dict[str, dict]) -> list[str]:
     lines = ["| metric | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---:|" * len(names)]
     heads = {n: (headline(runs[n]["eval"]), headline(runs[n]["text_only_baseline"])) for n in names}
     for metric in heads[names[0]][0]:
-        cells = [f"{_pct(heads[n][0][metric])} ({_pct(heads[n][1][metric])})" for n in names]
+        cells = [f"{heads[n][0][metric]:.1f} ({heads[n][1][metric]:.1f})" for n in names]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return lines
 
@@ -97,7 +87,7 @@ def query_rows(runs: dict[str, dict]) -> list[str]:
              "pre-training terms (first -> last logged) |", "|---|---:|---|---:|---:|---:|---:|---|"]
     for name in names:
         run = runs[name]
-        pope = " / ".join(with_blank(run, lambda e, s=split: e["pope"]["pope"][s]["accuracy"])
+        pope = " / ".join(with_blank(run, lambda e, s=split: e["pope"]["metrics"]["splits"][s]["accuracy"])
                           for split in ("random", "popular", "adversarial"))
         r = run["retrieval"]
         lines.append(f"| `{name}` | {with_blank(run, count)} | {pope} | {_pct(r['TR@1'])} | {_pct(r['TR@5'])} | "
@@ -123,9 +113,19 @@ def detail_tables(name: str, run: dict) -> list[str]:
     if "pope" in run["eval"]:
         lines += ["", f"### `{name}`: POPE (with images)", "",
                   "| negatives | acc | precision | recall | F1 | yes-ratio | n |", "|---|---:|---:|---:|---:|---:|---:|"]
-        for split, m in run["eval"]["pope"]["pope"].items():
+        for split, m in run["eval"]["pope"]["metrics"]["splits"].items():
             lines.append(f"| {split} | {_pct(m['accuracy'])} | {_pct(m['precision'])} | {_pct(m['recall'])} | "
                          f"{_pct(m['f1'])} | {_pct(m['yes_ratio'])} | {m['n']} |")
+    if "mme" in run["eval"]:
+        lines += ["", f"### `{name}`: MME categories (score = 100 x acc + 100 x acc+, max 200; image vs. blank)", "",
+                  "| category | acc | acc+ | score | blank score | images |", "|---|---:|---:|---:|---:|---:|"]
+        blank = run["text_only_baseline"]["mme"]["metrics"]["categories"]
+        for category, m in run["eval"]["mme"]["metrics"]["categories"].items():
+            lines.append(f"| {category} | {_pct(m['acc'])} | {_pct(m['acc_plus'])} | {m['score']:.1f} | "
+                         f"{blank[category]['score']:.1f} | {m['images']} |")
+    lines += ["", f"### `{name}`: the same answers under lmms-eval's scoring", "",
+              "; ".join(f"{key} {value:.1f}" for result in run["eval"].values()
+                        for key, value in result["lmms_eval_headline"].items())]
     if run.get("sea_labels"):
         lines += ["", *sea_label_lines(name, run["sea_labels"])]
     lines += ["", f"### `{name}`: training", ""]
@@ -154,7 +154,10 @@ def render_report(runs: dict[str, dict], info: dict) -> str:
              "image replaced by a blank (mean-colour) image, i.e. what the LLM gets right from the question "
              "alone. The difference is what vision adds. Objectives differ in stage 1 only; stage 2 is the same "
              "instruction tuning for all.",
-             "", "## Headline (%)", "", *comparison_table(runs), ""]
+             "Scoring: each benchmark's official script (`vlalign eval benchmarks`, README: Benchmark scoring); "
+             "POPE/GQA/SQA in %, MME perception in MME's points (4 of its 10 perception categories here: "
+             "existence, count, position, color; max 800).",
+             "", "## Headline", "", *comparison_table(runs), ""]
     if info.get("dual_encoder"):
         de = info["dual_encoder"]
         lines += ["## Demo dual encoder (EfficientNet-Lite0 + MiniLM-L6, trained heads)", "",

@@ -37,3 +37,10 @@ def load_checkpoint_model(folder: str | Path, device: str | torch.device | None 
     ckpt.load_weights(folder, model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval().requires_grad_(False), config
+
+
+def checkpoint_fingerprint(folder: Path) -> str:
+    """Size and modification time of a checkpoint's weights: answers saved for one set of weights are not
+    reused for another written to the same folder later."""
+    stat = (Path(folder) / ckpt.WEIGHTS_FILE).stat()
+    return f"{stat.st_size}-{stat.st_mtime_ns}"

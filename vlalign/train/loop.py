@@ -7,10 +7,15 @@ which checkpoints save and `--resume` restores.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+import numpy as np
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -102,16 +107,24 @@ class Run:
     load_skips: SkipReport  # met while reading the data file: recounted identically by every start and rank
     state: TrainState = field(default_factory=TrainState)
     logger: StepLogger | None = None
+    step_hooks: tuple = ()
+
 
     @property
     def unwrapped(self) -> TrainingModule:
         return self.accelerator.unwrap_model(self.module)
 
 
-def train(config: RunConfig, resume: bool | str | None = None) -> Path:
+# Called after optimizer steps with (live model in eval mode, config, step, total_steps); returns values to log
+# (e.g. benchmark metrics: vlalign.eval.during_training). Layers above the loop plug in here.
+StepHook = Callable[[VisionLanguageModel, RunConfig, int, int], dict]
+
+
+def train(config: RunConfig, resume: bool | str | None = None, step_hooks: tuple[StepHook, ...] = ()) -> Path:
     """Runs one stage; returns the folder of its final checkpoint."""
     check_config(config)  # before any weights load
     run = _start(config, resume)
+    run.step_hooks = tuple(step_hooks)
     try:
         while run.state.step < run.total_steps:
             _run_epoch(run)
@@ -200,11 +213,41 @@ def _train_batch(run: Run, batch) -> None:
     state.step += 1
     run.logger.step_done(state.step, run.scheduler.get_last_lr()[0],
                          log=state.step % tc.log_every == 0 or state.step == run.total_steps)
+    _run_step_hooks(run)
     if tc.save_every and state.step % tc.save_every == 0 and state.step < run.total_steps:
         _save(run, run.output_dir / f"checkpoint-{state.step:06d}", resumable=True)
         if accelerator.is_main_process:
             ckpt.prune_checkpoints(run.output_dir, tc.keep_checkpoints)
         ckpt.fault_point(f"after_step_{state.step}")
+
+
+@contextlib.contextmanager
+def _rng_untouched():
+    """Whatever a hook draws, the training streams (torch CPU/CUDA, Python, NumPy) continue as without it."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+def _run_step_hooks(run: Run) -> None:
+    if not run.step_hooks:
+        return
+    values = {}
+    model = run.unwrapped.model
+    with _rng_untouched(), torch.no_grad():
+        model.eval()
+        try:
+            for hook in run.step_hooks:
+                values.update(hook(model, run.config, run.state.step, run.total_steps) or {})
+        finally:
+            run.module.train()  # back to training mode, frozen parts kept in eval
+    if values:
+        run.logger.log_values(run.state.step, values)
 
 
 def _save(run: Run, folder: Path, resumable: bool) -> Path:

@@ -65,6 +65,17 @@ class StepLogger:
         self.window_start = time.perf_counter()
         return averages
 
+    def log_values(self, step: int, values: dict[str, float]) -> None:
+        """Values computed outside the step (evaluation): console, TensorBoard and their own metrics.jsonl row.
+        Every rank computes the same values, so nothing is averaged."""
+        if self.accelerator is not None:
+            self.accelerator.log(values, step=step)
+        if self.accelerator is None or self.accelerator.is_main_process:
+            self.bar.write(f"[step {step}] " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        if self.metrics_file is not None:
+            self.metrics_file.write(json.dumps({"step": step, **values}, allow_nan=False) + "\n")
+            self.metrics_file.flush()
+
     def close(self) -> None:
         self.bar.close()
         if self.metrics_file is not None:

@@ -5,6 +5,8 @@ Layout under `out_dir` (all image paths in the JSON files are relative to it):
   scenes_{train,test,compositional}.jsonl   ground truth per image (objects, bboxes, patch labels)
   stage1.json, stage2.json                  LLaVA JSON training sets (train images only)
   test/*.json                               held-out sets (see benchmarks.py)
+  test/official/                            the same sets in POPE's, MME's, ScienceQA's and GQA's own
+                                            formats (see official_formats.py)
   manifest.json                             parameters, counts, vocabulary, suffixes; written last
 Every random choice comes from a `random.Random` seeded by (seed, purpose[, index]), so the same
 arguments give the same bytes, and image i of a split does not depend on how many images there are.
@@ -21,6 +23,7 @@ from vlalign.data.shapes.benchmarks import Entry
 from vlalign.data.shapes.instructions import YesNoBalancer, stage1_record, stage2_record
 from vlalign.data.shapes.language import HELD_OUT_CAPTION_TEMPLATES, TRAIN_CAPTION_TEMPLATES
 from vlalign.data.shapes.negatives import WorldStats
+from vlalign.data.shapes.official_formats import write_official_formats
 from vlalign.data.shapes.questions import SUFFIXES
 from vlalign.data.shapes.render import patch_labels, render
 from vlalign.data.shapes.text_only import text_only_records
@@ -28,7 +31,7 @@ from vlalign.data.shapes.world import (BACKGROUND_KINDS, COLORS, MIN_IMAGE_SIZE,
                                        choose_forbidden_combos, combo_weights, sample_scene)
 from vlalign.errors import ConfigError
 
-WORLD_VERSION = 1  # bump whenever the output for the same arguments changes: invalidates cached worlds
+WORLD_VERSION = 2  # bump whenever the output for the same arguments changes: invalidates cached worlds
 SPLITS = ("train", "test", "compositional")
 TEXT_ONLY_SHARE = 0.05  # text-only records per training image (LLaVA-665K has about 6%)
 
@@ -143,9 +146,11 @@ def generate_world(out_dir, n_train: int, n_test: int, seed: int = 0, image_size
     }
     for name, records in files.items():
         _write_json(out_dir / name, records)
+    official = write_official_formats(out_dir, files)
 
     counts = {f"images/{split}": len(entries[split]) for split in SPLITS}
     counts.update({name: len(records) for name, records in files.items()})
+    counts.update(official)
     counts["stage2.json (text-only)"] = len(text_only)
     manifest = _manifest(params, counts, files, forbidden, stats)
     _write_json(out_dir / "manifest.json", manifest)

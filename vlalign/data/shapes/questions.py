@@ -19,7 +19,8 @@ from vlalign.data.shapes.world import COLORS, SHAPES, Scene, WorldObject
 
 SUFFIXES = {
     "short": "\nAnswer the question using a single word or phrase.",
-    "yes_no": "\nAnswer yes or no.",  # POPE-style
+    # LLaVA-1.5 asks POPE (and its training mix the VQAv2 yes/no questions) with the short-answer instruction
+    "yes_no": "\nAnswer the question using a single word or phrase.",
     "yes_no_mme": " Please answer yes or no.",  # MME's own wording, on the question's line
     "multiple_choice": "\nAnswer with the option's letter from the given choices directly.",
 }

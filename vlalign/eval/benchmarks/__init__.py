@@ -1,4 +1,5 @@
-"""Benchmark scorers that reproduce each benchmark's official scoring script (and lmms-eval's variant where
-the two differ), one module per benchmark. Each is a pure function: (question records, predictions by
-question id) -> (per-sample decisions, metrics). Nothing calls them yet: the readers of the official files
-and the `vlalign eval score` / `eval benchmarks` commands are still to come."""
+"""The field's benchmarks, one module per benchmark: a reader of its own files (and of the same set as
+lmms-lab publishes it with the `datasets` library), and a scorer that reproduces its official scoring
+script (and lmms-eval's variant where the two differ) as a pure function (question records, predictions by
+question id) -> (per-sample decisions, metrics). `catalog` lists them for `vlalign eval benchmarks` /
+`eval score`; `vlalign.eval.benchmark_run` answers and scores."""

@@ -10,13 +10,40 @@ anything else is wrong, and counts as neither a true positive nor a false negati
 the ground truth, not the answers (0.5 on balanced POPE).
 
 Both: per split (random / popular / adversarial) and pooled; LLaVA papers quote the mean F1 of the splits.
+
+Reading (`read_pope`), two forms:
+- POPE's own files, `coco_pope_{random,popular,adversarial}.json` (POPE's `output/coco/`, which LLaVA-1.5
+  takes as its `--annotation-dir`): JSON lines `{"question_id", "image", "text", "label"}`, the split in the
+  file name. `path` is one such file or the folder holding them (all three, or the one `split` names).
+  The ids restart at 1 in every file, so a record's `question_id` is `<split>/<question_id>` ("random/1").
+  `image` is the COCO val2014 file name, relative to `image_root` (the val2014 folder), as LLaVA's
+  `--image-folder` takes it. LLaVA-1.5 used POPE at commit e3e3926 (random: 2910 questions); POPE's later
+  files and lmms-lab's have 3000 per split.
+- lmms-lab/POPE as the `datasets` library saves it (columns question_id, question, answer, image_source,
+  image, category; one split "test" holding all three categories, or the "Full" config's splits named after
+  them): `question_id` is `<category>/<question_id>` as above, `image` the embedded bytes.
+LLaVA's `llava_pope_test.jsonl` holds no labels (they stay in the coco_pope files), so it is refused with
+a pointer to those files. The question is POPE's text as is; LLaVA-1.5 asks it followed by PROMPT_SUFFIX
+(checked against every line of LLaVA's llava_pope_test.jsonl and lmms-eval's `pope.yaml`).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from vlalign.errors import DataError
 from vlalign.eval.benchmarks.common import Decision, Scoring, check_scoring, prediction_for, ratio
+from vlalign.eval.benchmarks.tables import image_ref, is_table, read_rows
 
 NEGATIVE_WORDS = ("No", "no", "not")
+SPLITS = ("adversarial", "popular", "random")
+# LLaVA-1.5's evaluation instruction (its llava_pope_test.jsonl; lmms-eval's pope.yaml post_prompt)
+PROMPT_SUFFIX = "\nAnswer the question using a single word or phrase."
+# LLaVA-1.5: model_vqa_loader.py's default --max_new_tokens, which scripts/v1_5/eval/pope.sh keeps;
+# lmms-eval's pope.yaml generates 128 as well
+MAX_NEW_TOKENS = 128
+LMMS_EVAL_MAX_NEW_TOKENS = 128
 
 
 def parse_official(text: str) -> str:
@@ -61,3 +88,114 @@ def score_pope(questions: list[dict], predictions: dict[str, str],
     splits = {name: split_metrics(group, scoring) for name, group in by_split.items()}
     mean_f1 = sum(m["f1"] for m in splits.values()) / len(splits) if splits else 0.0
     return decisions, {"splits": splits, "all": split_metrics(decisions, scoring), "mean_f1": mean_f1}
+
+
+def _field(row: dict, name: str, file: Path, record: str):
+    if row.get(name) is None:
+        raise DataError(f"no {name!r}", reason="missing_field", file=str(file), record_id=record, field=name)
+    return row[name]
+
+
+def _label(value, file: Path, record: str) -> str:
+    label = str(value).lower().strip()
+    if label not in ("yes", "no"):
+        raise DataError(f"label must be yes or no, got {value!r}", reason="bad_label", file=str(file),
+                        record_id=record, field="label")
+    return label
+
+
+def _split_of(file: Path) -> str:
+    """POPE names its files `<dataset>_pope_<split>.json`; eval_pope.py reads the split from the name too."""
+    split = file.stem.rsplit("_", 1)[-1]
+    if split not in SPLITS:
+        raise DataError(f"cannot tell the POPE split from the file name (want *_pope_{{{','.join(SPLITS)}}}.json)",
+                        reason="bad_split", file=str(file))
+    return split
+
+
+def _json_lines(file: Path) -> list[tuple[int, dict]]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text ({exc.reason})", reason="bad_json", file=str(file)) from exc
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"line {number} is not JSON ({exc.msg})", reason="bad_json", file=str(file)) from exc
+        if not isinstance(row, dict):
+            raise DataError(f"line {number} is not a JSON object", reason="bad_record", file=str(file))
+        rows.append((number, row))
+    return rows
+
+
+def _file_record(row: dict, split: str, file: Path, number: int) -> dict:
+    question_id = f"{split}/{_field(row, 'question_id', file, f'line {number}')}"
+    return {"question_id": question_id, "question": str(_field(row, "text", file, question_id)),
+            "image": str(_field(row, "image", file, question_id)),
+            "label": _label(_field(row, "label", file, question_id), file, question_id), "category": split}
+
+
+def _file_records(file: Path) -> list[dict]:
+    rows = _json_lines(file)
+    if rows and "label" not in rows[0][1] and "category" in rows[0][1]:
+        raise DataError("this is LLaVA's question file (llava_pope_test.jsonl), which holds no labels; read the "
+                        "coco_pope_*.json files it was made from instead (LLaVA's --annotation-dir)",
+                        reason="no_labels", file=str(file))
+    split = _split_of(file)
+    return [_file_record(row, split, file, number) for number, row in rows]
+
+
+def _pope_files(path: Path, split: str | None) -> list[Path]:
+    if not path.exists():
+        raise DataError("no such file or folder", reason="missing_file", file=str(path))
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(path.glob("coco_pope_*.json"))
+        if not files:
+            raise DataError("no coco_pope_{random,popular,adversarial}.json in this folder", reason="missing_file",
+                            file=str(path))
+    if split is not None:
+        files = [file for file in files if _split_of(file) == split]
+        if not files:
+            raise DataError(f"no POPE file of split {split!r} (POPE's splits: {', '.join(SPLITS)})",
+                            reason="bad_split", file=str(path))
+    return files
+
+
+def _table_record(row: dict, index: int, path: Path) -> dict:
+    category = str(_field(row, "category", path, f"row {index}"))
+    if category not in SPLITS:
+        raise DataError(f"unknown POPE category {category!r}; POPE's are {', '.join(SPLITS)}", reason="bad_split",
+                        file=str(path), record_id=f"row {index}", field="category")
+    question_id = f"{category}/{_field(row, 'question_id', path, f'row {index}')}"
+    image = image_ref(_field(row, "image", path, question_id), row_id=question_id)
+    if image is None:
+        raise DataError("no image", reason="missing_field", file=str(path), record_id=question_id, field="image")
+    return {"question_id": question_id, "question": str(_field(row, "question", path, question_id)).strip(),
+            "image": image, "label": _label(_field(row, "answer", path, question_id), path, question_id),
+            "category": category}
+
+
+def _unique(records: list[dict], where: Path) -> list[dict]:
+    seen = set()
+    for record in records:
+        if record["question_id"] in seen:
+            raise DataError("this question id appears twice", reason="duplicate_id", file=str(where),
+                            record_id=record["question_id"], field="question_id")
+        seen.add(record["question_id"])
+    return records
+
+
+def read_pope(path: Path, image_root: Path | None = None, split: str | None = None) -> list[dict]:
+    """POPE's questions (the two forms in the module docstring), in file order: `question_id`, `question`,
+    `image` (a val2014 file name relative to `image_root`, or bytes), `label` yes|no, `category` (the split).
+    `image_root` is not needed: POPE names each image by its file name, which stays relative to it."""
+    path = Path(path)
+    if is_table(path):
+        return _unique([_table_record(row, index, path) for index, row in enumerate(read_rows(path, split))], path)
+    return _unique([record for file in _pope_files(path, split) for record in _file_records(file)], path)

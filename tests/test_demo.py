@@ -28,8 +28,12 @@ def test_quick_demo_writes_report_and_metrics(tmp_path, capsys):
         assert set(evaluation) == set(DEMO_SETS)
         for name, result in evaluation.items():
             assert 0.0 <= result["by_type"]["all"]["accuracy"] <= 1.0 and result["by_type"]["all"]["n"] > 0
-        assert set(evaluation["pope"]["pope"]) == {"random", "popular", "adversarial"}
-        assert 0.0 <= evaluation["mme"]["mme"]["acc_plus"] <= evaluation["mme"]["mme"]["acc"] <= 1.0
+        assert set(evaluation["pope"]["metrics"]["splits"]) == {"random", "popular", "adversarial"}
+        assert evaluation["sqa"]["benchmark"] == "scienceqa" and evaluation["compositional_gqa"]["benchmark"] == "gqa"
+        for category in evaluation["mme"]["metrics"]["categories"].values():  # official MME: pairs kept whole
+            assert 0.0 <= category["acc_plus"] <= category["acc"] <= 1.0 and category["questions"] == 2 * category["images"]
+        assert 0.0 <= evaluation["mme"]["headline"]["MME perception"] <= 800.0  # 4 perception categories
+        assert set(evaluation["gqa"]["lmms_eval_headline"]) == {"GQA acc"}
     assert run["stage1"]["steps"] > 0 and run["stage2"]["steps"] > 0
     assert run["samples"] and all(isinstance(s["answer"], str) for s in run["samples"])
 
@@ -37,7 +41,9 @@ def test_quick_demo_writes_report_and_metrics(tmp_path, capsys):
     assert info["preset"] == "quick" and info["runtime_s"] > 0 and info["peak_rss_mb"] > 100
     assert 0.0 <= info["dual_encoder"]["retrieval"]["i2t@1"] <= 1.0
     report = (out / "report.md").read_text()
-    assert "## Headline (%)" in report and "POPE adversarial F1" in report and "blank image" in report
+    assert "## Headline" in report and "POPE adversarial F1" in report and "POPE mean F1" in report
+    assert "MME perception" in report and "SQA-IMG acc" in report and "blank image" in report
+    assert (out / "generative" / "eval" / "pope" / "answers.jsonl").is_file()  # the answers, LLaVA's format
     assert "SEA patch labels" in report
 
     # X-Former: demo MAE -> pre-training (4 terms, no LLM) -> retrieval -> LLM alignment -> instruction tuning

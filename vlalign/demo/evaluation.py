@@ -9,7 +9,7 @@ import json
 import random
 from pathlib import Path
 
-from vlalign.demo.presets import DEMO_SETS
+from vlalign.demo.presets import DEMO_MAX_NEW_TOKENS, DEMO_SETS
 from vlalign.eval.benchmark_run import run_benchmark
 from vlalign.eval.benchmarks.catalog import benchmark_named
 
@@ -75,6 +75,7 @@ def evaluate_sets(model, config, world: Path, sets: dict[str, list[dict]], out: 
         benchmark = benchmark_named(DEMO_SETS[name][0])
         folder = out / name
         official = run_benchmark(model, config, benchmark, records, folder, image_root=world, blank=blank,
+                                 max_new_tokens=min(benchmark.max_new_tokens, DEMO_MAX_NEW_TOKENS),
                                  batch_size=batch_size, identity={**identity, "set": name}, restart_other=True)
         per_sample = [json.loads(line) for line in (folder / "per_sample.jsonl").read_text().splitlines()]
         predictions = {row["question_id"]: row["prediction"] for row in per_sample}

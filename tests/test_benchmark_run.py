@@ -190,3 +190,30 @@ def test_a_step_hook_that_draws_random_numbers_cannot_shift_the_training_stream(
     expected, got = load_file(str(plain / ckpt.WEIGHTS_FILE)), load_file(str(hooked / ckpt.WEIGHTS_FILE))
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
+
+
+def test_eval_benchmarks_on_two_processes_equals_one(stage2_checkpoint, toy_data, tmp_path):
+    """torchrun, two CPU processes (gloo): each answers every other question, the main one merges and scores."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    data = write_pope_file(tmp_path / "pope", toy_data["image_root"], n=5)
+    args = ["eval", "benchmarks", "--checkpoint", str(stage2_checkpoint), "--benchmark", "pope", "--data", str(data),
+            "--image-root", str(toy_data["image_root"]), "--batch-size", "2", "--max-new-tokens", "4"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(port), "-m", "vlalign.cli", *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("wrote") == 1  # the main process reports
+    one_answers, two_answers = (read_answers(tmp_path / name / "answers.jsonl") for name in ("one", "two"))
+    assert list(two_answers) == list(one_answers)  # merged back into the set's order
+    assert {k: v["text"] for k, v in two_answers.items()} == {k: v["text"] for k, v in one_answers.items()}
+    assert len(read_answers(tmp_path / "two" / "rank0" / "answers.jsonl")) == 3  # questions 0, 2, 4
+    one, two_metrics = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "two"))
+    assert two_metrics["metrics"] == one["metrics"] and two_metrics["processes"] == 2

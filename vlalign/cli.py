@@ -90,8 +90,9 @@ def cmd_eval_benchmarks(args) -> None:
                                     split=args.split, limit=args.limit, scoring=args.scoring,
                                     batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                     blank=args.blank_images, device=args.device)
-    print(headline_line(result))
-    print(f"wrote {Path(args.out) / 'answers.jsonl'}, per_sample.jsonl and metrics.json")
+    if result is not None:  # None: a non-main process of a multi-process run
+        print(headline_line(result))
+        print(f"wrote {Path(args.out) / 'answers.jsonl'}, per_sample.jsonl and metrics.json")
 
 
 def cmd_eval_score(args) -> None:

@@ -3,12 +3,19 @@ saved predictions; no model)."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
+import torch
+from accelerate import PartialState
+
+from vlalign.distributed import gather_objects
 from vlalign.errors import DataError
-from vlalign.eval.benchmark_run import run_benchmark, score_and_write
+from vlalign.eval.benchmark_run import answer_questions, prompts_for, run_benchmark, score_and_write
 from vlalign.eval.benchmarks.answers_file import read_predictions
-from vlalign.eval.benchmarks.catalog import Benchmark, benchmark_named
+from vlalign.eval.benchmarks.catalog import Benchmark, benchmark_named, max_new_tokens_for
+from vlalign.files import write_file_atomically
 from vlalign.train.load import checkpoint_fingerprint, load_checkpoint_model, resolve_checkpoint
 
 
@@ -45,19 +52,51 @@ def read_benchmark(benchmark: Benchmark, data: str | Path, image_root: Path, spl
     return records
 
 
+def _sharded(model, config, benchmark: Benchmark, records: list[dict], out: Path, state, scoring: str,
+             options: dict, identity: dict) -> dict | None:
+    """Several processes (`accelerate launch` / `torchrun`): rank r answers every world-th question into
+    OUT/rank<r>/answers.jsonl (each resumable on its own); the main process gathers them, writes the merged
+    OUT/answers.jsonl in the set's order and scores. Returns the result on the main process, else None."""
+    rank, world = state.process_index, state.num_processes
+    started = time.perf_counter()
+    mine = records[rank::world]
+    predictions, answered_now = answer_questions(
+        model, config, benchmark, mine, out / f"rank{rank}", identity={**identity, "rank": rank, "world": world},
+        progress=state.is_main_process, **options)
+    gathered = dict(gather_objects(list(predictions.items())))
+    answered_now = sum(gather_objects([answered_now]))
+    seconds = time.perf_counter() - started
+    if not state.is_main_process:
+        return None
+    prompts = prompts_for(benchmark, records)
+    write_file_atomically(out / "answers.jsonl", "".join(
+        json.dumps({"question_id": r["question_id"], "prompt": prompt, "text": gathered[r["question_id"]],
+                    "model_id": identity["checkpoint"]}) + "\n" for r, prompt in zip(records, prompts)))
+    return score_and_write(benchmark, records, gathered, out, scoring, {
+        "answered_now": answered_now, "processes": world, "answer_seconds": round(seconds, 3),
+        "questions_per_second": round(answered_now / seconds, 3) if answered_now else None, **identity})
+
+
 def run_benchmarks_command(checkpoint: str | Path, name: str, data: str | Path, out: str | Path, *,
                            image_root=None, split=None, limit=None, scoring="official", batch_size=8,
-                           max_new_tokens=None, blank=False, device=None) -> dict:
+                           max_new_tokens=None, blank=False, device=None) -> dict | None:
+    """Returns the result (None on the other processes of a multi-process run)."""
     benchmark = benchmark_named(name)
     root = default_image_root(Path(data), image_root)
     records = read_benchmark(benchmark, data, root, split, limit)
     check_images(records, root)
     folder = resolve_checkpoint(checkpoint)  # a bad checkpoint fails before anything is written
-    model, config = load_checkpoint_model(folder, device)
+    # Under torchrun / accelerate launch this joins the process group (gloo on CPUs) and names the device.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    model, config = load_checkpoint_model(folder, device or state.device)
     identity = {"checkpoint": str(folder.resolve()), "weights": checkpoint_fingerprint(folder),
                 "data": str(Path(data).resolve()), "split": split}
-    return run_benchmark(model, config, benchmark, records, Path(out), scoring=scoring, image_root=root,
-                         batch_size=batch_size, max_new_tokens=max_new_tokens, blank=blank, identity=identity)
+    options = {"image_root": root, "batch_size": batch_size, "blank": blank,
+               "max_new_tokens": max_new_tokens_for(benchmark, scoring, max_new_tokens)}
+    if state.num_processes > 1:
+        return _sharded(model, config, benchmark, records, Path(out), state, scoring, options, identity)
+    return run_benchmark(model, config, benchmark, records, Path(out), scoring=scoring, identity=identity,
+                         **options)
 
 
 def score_command(name: str, questions: str | Path, predictions: str | Path, out: str | Path, *,

@@ -10,15 +10,11 @@ import os
 from pathlib import Path
 
 from vlalign.errors import DataError
+from vlalign.eval.benchmarks.common import json_object_line
 
 
 def _parse_line(line: str, number: int, path: Path) -> dict:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"line {number} is not JSON ({exc.msg})", reason="bad_json", file=str(path)) from exc
-    if not isinstance(row, dict):
-        raise DataError(f"line {number} is not a JSON object", reason="bad_record", file=str(path))
+    row = json_object_line(line, number, path)
     for key in ("question_id", "text"):
         if key not in row:
             raise DataError(f"line {number} has no {key!r}", reason="missing_field", file=str(path), field=key)

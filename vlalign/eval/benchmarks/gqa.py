@@ -25,17 +25,16 @@ and is refused with a pointer to GQA's file.
 
 from __future__ import annotations
 
-import json
 import string
 from pathlib import Path
 
 from vlalign.errors import DataError
-from vlalign.eval.benchmarks.common import Decision, Scoring, check_scoring, prediction_for, ratio
+from vlalign.eval.benchmarks.common import (IMAGE_SUFFIXES, Decision, Scoring, check_scoring, load_json_file,
+                                            prediction_for, ratio, required_field, unique_question_ids)
 from vlalign.eval.benchmarks.tables import image_ref, is_table, read_rows
 
 PUNCTUATION = str.maketrans("", "", string.punctuation)
 INSTRUCTIONS, IMAGES = "testdev_balanced_instructions", "testdev_balanced_images"  # lmms-lab/GQA's configs
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # LLaVA-1.5's evaluation instruction (its llava_gqa_testdev_balanced.jsonl; lmms-eval's gqa.yaml post_prompt)
 PROMPT_SUFFIX = "\nAnswer the question using a single word or phrase."
 # LLaVA-1.5: model_vqa_loader.py's default --max_new_tokens, which scripts/v1_5/eval/gqa.sh keeps;
@@ -74,37 +73,8 @@ def score_gqa(questions: list[dict], predictions: dict[str, str],
     return decisions, metrics
 
 
-def _field(row: dict, name: str, file: Path, record: str):
-    if row.get(name) is None:
-        raise DataError(f"no {name!r}", reason="missing_field", file=str(file), record_id=record, field=name)
-    return row[name]
-
-
-class _DuplicateKey(Exception):
-    pass
-
-
-def _no_duplicate_keys(pairs: list[tuple]) -> dict:
-    """json.load keeps the last of two equal keys silently; a question id given twice is an error instead."""
-    seen = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise _DuplicateKey(key)
-        seen.add(key)
-    return dict(pairs)
-
-
 def _load_questions(file: Path) -> dict:
-    if not file.is_file():
-        raise DataError("no such file (give GQA's questions json or an lmms-lab/GQA save)", reason="missing_file",
-                        file=str(file))
-    try:
-        questions = json.loads(file.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"not JSON ({exc})", reason="bad_json", file=str(file)) from exc
-    except _DuplicateKey as exc:
-        raise DataError("this key appears twice in one JSON object", reason="duplicate_id", file=str(file),
-                        record_id=str(exc.args[0])) from exc
+    questions = load_json_file(file, missing_hint="give GQA's questions json or an lmms-lab/GQA save")
     if not isinstance(questions, dict):
         raise DataError("expected GQA's questions file, an object of questions by id", reason="bad_format",
                         file=str(file))
@@ -133,9 +103,9 @@ def _image_file(image_id: str, image_root: Path | None) -> str:
 def _question_record(question_id: str, entry, file: Path, image_root: Path | None) -> dict:
     if not isinstance(entry, dict):
         raise DataError("not a question object", reason="bad_record", file=str(file), record_id=question_id)
-    return {"question_id": question_id, "question": str(_field(entry, "question", file, question_id)),
-            "image": _image_file(str(_field(entry, "imageId", file, question_id)), image_root),
-            "answer": str(_field(entry, "answer", file, question_id)), "types": entry.get("types")}
+    return {"question_id": question_id, "question": str(required_field(entry, "question", file, question_id)),
+            "image": _image_file(str(required_field(entry, "imageId", file, question_id)), image_root),
+            "answer": str(required_field(entry, "answer", file, question_id)), "types": entry.get("types")}
 
 
 def _file_records(file: Path, image_root: Path | None) -> list[dict]:
@@ -172,19 +142,19 @@ def _gqa_tables(path: Path, image_root: Path | None) -> tuple[Path, Path]:
 def _images_by_id(images: Path, split: str | None) -> dict[str, bytes | str | None]:
     pictures = {}
     for index, row in enumerate(read_rows(images, split)):
-        image_id = str(_field(row, "id", images, f"row {index}"))
-        pictures[image_id] = image_ref(_field(row, "image", images, image_id), row_id=image_id)
+        image_id = str(required_field(row, "id", images, f"row {index}"))
+        pictures[image_id] = image_ref(required_field(row, "image", images, image_id), row_id=image_id)
     return pictures
 
 
 def _instruction_record(row: dict, index: int, instructions: Path, pictures: dict, images: Path) -> dict:
-    question_id = str(_field(row, "id", instructions, f"row {index}"))
-    image_id = str(_field(row, "imageId", instructions, question_id))
+    question_id = str(required_field(row, "id", instructions, f"row {index}"))
+    image_id = str(required_field(row, "imageId", instructions, question_id))
     if pictures.get(image_id) is None:
         raise DataError(f"image {image_id!r} is not in the images save {images}", reason="missing_image",
                         file=str(instructions), record_id=question_id, field="imageId")
-    return {"question_id": question_id, "question": str(_field(row, "question", instructions, question_id)),
-            "image": pictures[image_id], "answer": str(_field(row, "answer", instructions, question_id)),
+    return {"question_id": question_id, "question": str(required_field(row, "question", instructions, question_id)),
+            "image": pictures[image_id], "answer": str(required_field(row, "answer", instructions, question_id)),
             "types": row.get("types")}
 
 
@@ -195,23 +165,13 @@ def _table_records(path: Path, image_root: Path | None, split: str | None) -> li
             for index, row in enumerate(read_rows(instructions, split))]
 
 
-def _unique(records: list[dict], where: Path) -> list[dict]:
-    seen = set()
-    for record in records:
-        if record["question_id"] in seen:
-            raise DataError("this question id appears twice", reason="duplicate_id", file=str(where),
-                            record_id=record["question_id"], field="question_id")
-        seen.add(record["question_id"])
-    return records
-
-
 def read_gqa(path: Path, image_root: Path | None = None, split: str | None = None) -> list[dict]:
     """GQA's questions (the two forms in the module docstring), in file order: `question_id`, `question`,
     `image` (a path relative to `image_root`, or bytes), `answer`, `types` (GQA's, None where absent)."""
     path = Path(path)
     if (path / INSTRUCTIONS).is_dir() or is_table(path):
-        return _unique(_table_records(path, image_root, split), path)
+        return unique_question_ids(_table_records(path, image_root, split), path)
     if split is not None:
         raise DataError(f"a GQA questions file is one split already (got split {split!r})", reason="bad_split",
                         file=str(path))
-    return _unique(_file_records(path, image_root), path)
+    return unique_question_ids(_file_records(path, image_root), path)

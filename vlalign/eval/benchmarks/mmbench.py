@@ -33,7 +33,8 @@ from pathlib import Path
 
 from vlalign.errors import DataError
 from vlalign.eval.benchmarks import tables
-from vlalign.eval.benchmarks.common import Decision, Scoring, check_scoring, prediction_for, ratio
+from vlalign.eval.benchmarks.common import (Decision, Scoring, check_scoring, prediction_for, ratio,
+                                            unique_question_ids)
 
 # LLaVA-1.5's evaluation instruction (model_vqa_mmbench.py --single-pred-prompt; lmms-eval's post_prompt)
 PROMPT_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
@@ -316,16 +317,6 @@ def _records(rows: list[dict], file: str) -> list[dict]:
     return records
 
 
-def _unique(records: list[dict], file: str) -> list[dict]:
-    seen = set()
-    for record in records:
-        if record["question_id"] in seen:
-            raise DataError(f"question id {record['question_id']!r} appears twice", reason="duplicate_id",
-                            file=file, record_id=record["question_id"], field="index")
-        seen.add(record["question_id"])
-    return records
-
-
 def read_mmbench(path: str | Path, image_root: str | Path | None = None, split: str | None = None) -> list[dict]:
     """MMBench's passes, one record each. `path`: the official TSV (`mmbench_dev_20230712.tsv`,
     `MMBench_DEV_EN.tsv`: index, question, hint, A-D, answer, category, l2-category, image as base64) or
@@ -336,4 +327,4 @@ def read_mmbench(path: str | Path, image_root: str | Path | None = None, split: 
     `category`, `l2_category`."""
     path = Path(path)
     rows = tables.read_rows(path, split) if tables.is_table(path) else _tsv_rows(path)
-    return _unique(_records(rows, str(path)), str(path))
+    return unique_question_ids(_records(rows, str(path)), path, field="index", name_id=True)

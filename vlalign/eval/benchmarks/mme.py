@@ -33,14 +33,14 @@ from collections import Counter
 from pathlib import Path
 
 from vlalign.errors import DataError
-from vlalign.eval.benchmarks.common import Decision, Scoring, check_scoring, prediction_for, ratio
+from vlalign.eval.benchmarks.common import (IMAGE_SUFFIXES, Decision, Scoring, check_scoring, prediction_for, ratio,
+                                            required_field, yes_or_no)
 from vlalign.eval.benchmarks.tables import image_ref, is_table, read_rows
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork",
               "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 RELEASE = "MME_Benchmark_release_version"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 MME_INSTRUCTION = "Please answer yes or no."  # on every MME question line; LLaVA-1.5 replaces it
 # LLaVA-1.5's evaluation instruction (its llava_mme.jsonl; lmms-eval's mme.yaml post_prompt)
 PROMPT_SUFFIX = "\nAnswer the question using a single word or phrase."
@@ -121,18 +121,8 @@ def llava_question(line_question: str) -> str:
     return line_question.replace(MME_INSTRUCTION, "").strip()
 
 
-def _field(row: dict, name: str, file: Path, record: str):
-    if row.get(name) is None:
-        raise DataError(f"no {name!r}", reason="missing_field", file=str(file), record_id=record, field=name)
-    return row[name]
-
-
 def _answer(value, file: Path, record: str) -> str:
-    answer = str(value).lower().strip()
-    if answer not in ("yes", "no"):
-        raise DataError(f"answer must be Yes or No, got {value!r}", reason="bad_label", file=str(file),
-                        record_id=record, field="answer")
-    return answer
+    return yes_or_no(value, file, record, "answer", spelled="Yes or No")  # as MME's files write them
 
 
 def _category(name, file: Path, record: str | None = None) -> str:
@@ -204,13 +194,13 @@ def _table_records(path: Path, split: str | None) -> list[dict]:
     records, seen = [], Counter()
     for index, row in enumerate(read_rows(path, split)):
         row_id = f"row {index}"
-        category = _category(_field(row, "category", path, row_id), path, row_id)
-        image_name = str(_field(row, "question_id", path, row_id))
+        category = _category(required_field(row, "category", path, row_id), path, row_id)
+        image_name = str(required_field(row, "question_id", path, row_id))
         pair = image_name if image_name.startswith(f"{category}/") else f"{category}/{image_name}"
-        image = image_ref(_field(row, "image", path, pair), row_id=pair)
+        image = image_ref(required_field(row, "image", path, pair), row_id=pair)
         records.append({"question_id": f"{pair}#{seen[pair]}",
-                        "question": llava_question(str(_field(row, "question", path, pair))), "image": image,
-                        "pair": pair, "answer": _answer(_field(row, "answer", path, pair), path, pair),
+                        "question": llava_question(str(required_field(row, "question", path, pair))), "image": image,
+                        "pair": pair, "answer": _answer(required_field(row, "answer", path, pair), path, pair),
                         "category": category})
         seen[pair] += 1
     return records

@@ -29,11 +29,11 @@ a pointer to those files. The question is POPE's text as is; LLaVA-1.5 asks it f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from vlalign.errors import DataError
-from vlalign.eval.benchmarks.common import Decision, Scoring, check_scoring, prediction_for, ratio
+from vlalign.eval.benchmarks.common import (Decision, Scoring, check_scoring, json_object_line, prediction_for, ratio,
+                                            required_field, unique_question_ids, yes_or_no)
 from vlalign.eval.benchmarks.tables import image_ref, is_table, read_rows
 
 NEGATIVE_WORDS = ("No", "no", "not")
@@ -90,20 +90,6 @@ def score_pope(questions: list[dict], predictions: dict[str, str],
     return decisions, {"splits": splits, "all": split_metrics(decisions, scoring), "mean_f1": mean_f1}
 
 
-def _field(row: dict, name: str, file: Path, record: str):
-    if row.get(name) is None:
-        raise DataError(f"no {name!r}", reason="missing_field", file=str(file), record_id=record, field=name)
-    return row[name]
-
-
-def _label(value, file: Path, record: str) -> str:
-    label = str(value).lower().strip()
-    if label not in ("yes", "no"):
-        raise DataError(f"label must be yes or no, got {value!r}", reason="bad_label", file=str(file),
-                        record_id=record, field="label")
-    return label
-
-
 def _split_of(file: Path) -> str:
     """POPE names its files `<dataset>_pope_<split>.json`; eval_pope.py reads the split from the name too."""
     split = file.stem.rsplit("_", 1)[-1]
@@ -118,25 +104,15 @@ def _json_lines(file: Path) -> list[tuple[int, dict]]:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"not UTF-8 text ({exc.reason})", reason="bad_json", file=str(file)) from exc
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"line {number} is not JSON ({exc.msg})", reason="bad_json", file=str(file)) from exc
-        if not isinstance(row, dict):
-            raise DataError(f"line {number} is not a JSON object", reason="bad_record", file=str(file))
-        rows.append((number, row))
-    return rows
+    return [(number, json_object_line(line, number, file))
+            for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
 def _file_record(row: dict, split: str, file: Path, number: int) -> dict:
-    question_id = f"{split}/{_field(row, 'question_id', file, f'line {number}')}"
-    return {"question_id": question_id, "question": str(_field(row, "text", file, question_id)),
-            "image": str(_field(row, "image", file, question_id)),
-            "label": _label(_field(row, "label", file, question_id), file, question_id), "category": split}
+    question_id = f"{split}/{required_field(row, 'question_id', file, f'line {number}')}"
+    label = yes_or_no(required_field(row, "label", file, question_id), file, question_id, "label")
+    return {"question_id": question_id, "question": str(required_field(row, "text", file, question_id)),
+            "image": str(required_field(row, "image", file, question_id)), "label": label, "category": split}
 
 
 def _file_records(file: Path) -> list[dict]:
@@ -168,27 +144,17 @@ def _pope_files(path: Path, split: str | None) -> list[Path]:
 
 
 def _table_record(row: dict, index: int, path: Path) -> dict:
-    category = str(_field(row, "category", path, f"row {index}"))
+    category = str(required_field(row, "category", path, f"row {index}"))
     if category not in SPLITS:
         raise DataError(f"unknown POPE category {category!r}; POPE's are {', '.join(SPLITS)}", reason="bad_split",
                         file=str(path), record_id=f"row {index}", field="category")
-    question_id = f"{category}/{_field(row, 'question_id', path, f'row {index}')}"
-    image = image_ref(_field(row, "image", path, question_id), row_id=question_id)
+    question_id = f"{category}/{required_field(row, 'question_id', path, f'row {index}')}"
+    image = image_ref(required_field(row, "image", path, question_id), row_id=question_id)
     if image is None:
         raise DataError("no image", reason="missing_field", file=str(path), record_id=question_id, field="image")
-    return {"question_id": question_id, "question": str(_field(row, "question", path, question_id)).strip(),
-            "image": image, "label": _label(_field(row, "answer", path, question_id), path, question_id),
-            "category": category}
-
-
-def _unique(records: list[dict], where: Path) -> list[dict]:
-    seen = set()
-    for record in records:
-        if record["question_id"] in seen:
-            raise DataError("this question id appears twice", reason="duplicate_id", file=str(where),
-                            record_id=record["question_id"], field="question_id")
-        seen.add(record["question_id"])
-    return records
+    label = yes_or_no(required_field(row, "answer", path, question_id), path, question_id, "label")
+    return {"question_id": question_id, "question": str(required_field(row, "question", path, question_id)).strip(),
+            "image": image, "label": label, "category": category}
 
 
 def read_pope(path: Path, image_root: Path | None = None, split: str | None = None) -> list[dict]:
@@ -197,5 +163,6 @@ def read_pope(path: Path, image_root: Path | None = None, split: str | None = No
     `image_root` is not needed: POPE names each image by its file name, which stays relative to it."""
     path = Path(path)
     if is_table(path):
-        return _unique([_table_record(row, index, path) for index, row in enumerate(read_rows(path, split))], path)
-    return _unique([record for file in _pope_files(path, split) for record in _file_records(file)], path)
+        return unique_question_ids([_table_record(row, index, path)
+                                    for index, row in enumerate(read_rows(path, split))], path)
+    return unique_question_ids([record for file in _pope_files(path, split) for record in _file_records(file)], path)

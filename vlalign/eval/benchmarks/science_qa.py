@@ -30,12 +30,12 @@ use). LLaVA's llava_test_CQM-A.json holds the text but not the choices, and is r
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from vlalign.errors import DataError
-from vlalign.eval.benchmarks.common import Decision, Scoring, check_scoring, prediction_for, ratio
+from vlalign.eval.benchmarks.common import (Decision, Scoring, check_scoring, load_json_file, prediction_for, ratio,
+                                            required_field, unique_question_ids)
 from vlalign.eval.benchmarks.tables import image_ref, is_table, read_rows
 
 LETTERS = ("A", "B", "C", "D", "E")
@@ -101,40 +101,8 @@ def llava_question(hint: str, question: str, choices: list[str]) -> str:
     return f"{context}{question}\n{options}".strip()
 
 
-def _field(row: dict, name: str, file: Path, record: str):
-    if row.get(name) is None:
-        raise DataError(f"no {name!r}", reason="missing_field", file=str(file), record_id=record, field=name)
-    return row[name]
-
-
-class _DuplicateKey(Exception):
-    pass
-
-
-def _no_duplicate_keys(pairs: list[tuple]) -> dict:
-    """json.load keeps the last of two equal keys silently; a pid given twice is an error instead."""
-    seen = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise _DuplicateKey(key)
-        seen.add(key)
-    return dict(pairs)
-
-
-def _load_json(file: Path):
-    if not file.is_file():
-        raise DataError("no such file", reason="missing_file", file=str(file))
-    try:
-        return json.loads(file.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"not JSON ({exc})", reason="bad_json", file=str(file)) from exc
-    except _DuplicateKey as exc:
-        raise DataError("this key appears twice in one JSON object", reason="duplicate_id", file=str(file),
-                        record_id=str(exc.args[0])) from exc
-
-
 def _choices_and_answer(row: dict, file: Path, record: str) -> tuple[list[str], int]:
-    choices, answer = _field(row, "choices", file, record), _field(row, "answer", file, record)
+    choices, answer = required_field(row, "choices", file, record), required_field(row, "answer", file, record)
     if not isinstance(choices, list) or not 1 <= len(choices) <= len(LETTERS):
         raise DataError(f"choices must be a list of 1 to {len(LETTERS)} options, got {choices!r}",
                         reason="bad_field", file=str(file), record_id=record, field="choices")
@@ -155,20 +123,20 @@ def _problem_record(pid: str, problems: dict, split: str, file: Path, image_root
         relative = Path("images") / str(problem.get("split") or split) / pid / str(problem["image"])
         own = file.parent / relative
         image = str(own.absolute()) if image_root is None or own.is_file() else str(relative)
-    return {"question_id": pid, "question": llava_question(str(problem.get("hint") or ""),
-                                                           str(_field(problem, "question", file, pid)), choices),
-            "image": image, "choices": choices, "answer": answer}
+    question = llava_question(str(problem.get("hint") or ""), str(required_field(problem, "question", file, pid)),
+                              choices)
+    return {"question_id": pid, "question": question, "image": image, "choices": choices, "answer": answer}
 
 
 def _official_records(path: Path, image_root: Path | None, split: str | None) -> list[dict]:
     problems_file = path if path.is_file() else path / "problems.json"
-    problems = _load_json(problems_file)
+    problems = load_json_file(problems_file)
     if not isinstance(problems, dict):
         hint = " (LLaVA's llava_test_CQM-A.json holds the text, not the choices)" if isinstance(problems, list) else ""
         raise DataError(f"expected ScienceQA's problems.json, an object of problems by pid{hint}",
                         reason="bad_format", file=str(problems_file))
     splits_file = problems_file.parent / "pid_splits.json"
-    splits, split = _load_json(splits_file), split or DEFAULT_SPLIT
+    splits, split = load_json_file(splits_file), split or DEFAULT_SPLIT
     if not isinstance(splits, dict) or not isinstance(splits.get(split), list):
         known = ", ".join(splits) if isinstance(splits, dict) else "none"
         raise DataError(f"no split {split!r} (it has {known})", reason="bad_split", file=str(splits_file))
@@ -185,20 +153,10 @@ def _row_id(row: dict, index: int) -> str:
 def _table_record(row: dict, index: int, path: Path) -> dict:
     question_id = _row_id(row, index)
     choices, answer = _choices_and_answer(row, path, question_id)
-    return {"question_id": question_id, "question": llava_question(str(row.get("hint") or ""),
-                                                                   str(_field(row, "question", path, question_id)),
-                                                                   choices),
+    question = llava_question(str(row.get("hint") or ""), str(required_field(row, "question", path, question_id)),
+                              choices)
+    return {"question_id": question_id, "question": question,
             "image": image_ref(row.get("image"), row_id=question_id), "choices": choices, "answer": answer}
-
-
-def _unique(records: list[dict], where: Path) -> list[dict]:
-    seen = set()
-    for record in records:
-        if record["question_id"] in seen:
-            raise DataError("this question id appears twice", reason="duplicate_id", file=str(where),
-                            record_id=record["question_id"], field="question_id")
-        seen.add(record["question_id"])
-    return records
 
 
 def read_science_qa(path: Path, image_root: Path | None = None, split: str | None = None) -> list[dict]:
@@ -206,7 +164,8 @@ def read_science_qa(path: Path, image_root: Path | None = None, split: str | Non
     path, bytes, or None for a text-only problem), `choices`, `answer` (the index of the right choice)."""
     path = Path(path)
     if is_table(path):
-        return _unique([_table_record(row, index, path) for index, row in enumerate(read_rows(path, split))], path)
+        return unique_question_ids([_table_record(row, index, path)
+                                    for index, row in enumerate(read_rows(path, split))], path)
     if not path.exists():
         raise DataError("no such file or folder", reason="missing_file", file=str(path))
-    return _unique(_official_records(path, image_root, split), path)
+    return unique_question_ids(_official_records(path, image_root, split), path)

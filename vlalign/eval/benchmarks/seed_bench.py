@@ -15,14 +15,14 @@ lmms-eval from 8 frames) are skipped and counted: the count is logged and added 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
 
 from vlalign.errors import DataError
 from vlalign.eval.benchmarks import tables
-from vlalign.eval.benchmarks.common import Decision, Scoring, check_scoring, prediction_for, ratio
+from vlalign.eval.benchmarks.common import (Decision, Scoring, check_scoring, duplicate_question_id, load_json_file,
+                                            prediction_for, ratio, required_field, top_level_list)
 
 # LLaVA-1.5's evaluation instruction (docs/Evaluation.md's multiple-choice format, its llava-seed-bench.jsonl;
 # lmms-eval's seed_doc_to_text)
@@ -86,32 +86,18 @@ def score_seed_bench(questions: list[dict], predictions: dict[str, str],
 
 # ---- reader ----------------------------------------------------------------------------------------------
 
-def _field(row, key: str, *, file: str, record_id: str):
-    if not isinstance(row, dict) or row.get(key) is None:
-        raise DataError(f"no {key!r}", reason="missing_field", file=file, record_id=record_id, field=key)
-    return row[key]
-
-
 def _load_questions(path: Path) -> tuple[list, dict[int, str]]:
     """SEED-Bench.json: {"questions": [...], "question_type": {name: id}}."""
-    if not path.is_file():
-        raise DataError("no such file", reason="missing_file", file=str(path))
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"not JSON ({exc})", reason="bad_json", file=str(path)) from exc
-    questions = document.get("questions") if isinstance(document, dict) else None
-    if not isinstance(questions, list):
-        raise DataError("no 'questions' list at the top level", reason="missing_field", file=str(path),
-                        field="questions")
+    document = load_json_file(path, duplicate_keys_ok=True)
+    questions = top_level_list(document, "questions", path)
     names = document.get("question_type") or {}
     return questions, {**DIMENSIONS, **{int(number): str(name) for name, number in names.items()}}
 
 
 def _prompt(row: dict, file: str, qid: str) -> str:
     """LLaVA-1.5's llava-seed-bench.jsonl (and lmms-eval's) layout: the question, then "A. ..." to "D. ..."."""
-    options = [str(_field(row, key, file=file, record_id=qid)) for key in CHOICE_FIELDS]
-    question = str(_field(row, "question", file=file, record_id=qid))
+    options = [str(required_field(row, key, file=file, record_id=qid)) for key in CHOICE_FIELDS]
+    question = str(required_field(row, "question", file=file, record_id=qid))
     return question + "".join(f"\n{letter}. {option}" for letter, option in zip(LETTERS, options))
 
 
@@ -126,14 +112,14 @@ def _table_image(cell, qid: str, file: str) -> tables.ImageRef:
 
 
 def _record(row: dict, qid: str, image: tables.ImageRef, names: dict[int, str], file: str) -> dict:
-    type_id = _field(row, "question_type_id", file=file, record_id=qid)
+    type_id = required_field(row, "question_type_id", file=file, record_id=qid)
     try:
         type_id = int(type_id)
     except (TypeError, ValueError):
         raise DataError(f"question_type_id {type_id!r} is not a number", reason="bad_field", file=file,
                         record_id=qid, field="question_type_id") from None
     return {"question_id": qid, "question": _prompt(row, file, qid), "image": image,
-            "answer": str(_field(row, "answer", file=file, record_id=qid)), "question_type_id": type_id,
+            "answer": str(required_field(row, "answer", file=file, record_id=qid)), "question_type_id": type_id,
             "dimension": names.get(type_id, str(type_id)), "data_type": "image"}
 
 
@@ -148,17 +134,16 @@ def read_seed_bench(path: str | Path, image_root: str | Path | None = None, spli
     rows, names = (tables.read_rows(path, split), dict(DIMENSIONS)) if table else _load_questions(path)
     records, seen, others = [], set(), Counter()
     for position, row in enumerate(rows):
-        qid = str(_field(row, "question_id", file=file, record_id=f"#{position}"))
+        qid = str(required_field(row, "question_id", file=file, record_id=f"#{position}"))
         if qid in seen:
-            raise DataError(f"question id {qid!r} appears twice", reason="duplicate_id", file=file, record_id=qid,
-                            field="question_id")
+            raise duplicate_question_id(qid, file, name_id=True)
         seen.add(qid)
-        kind = str(_field(row, "data_type", file=file, record_id=qid))
+        kind = str(required_field(row, "data_type", file=file, record_id=qid))
         if kind != "image":
             others[kind] += 1
             continue
         image = _table_image(row.get("image"), qid, file) if table else \
-            str(_field(row, "data_id", file=file, record_id=qid))
+            str(required_field(row, "data_id", file=file, record_id=qid))
         records.append(_record(row, qid, image, names, file))
     if others:
         log.warning("SEED-Bench %s: skipped %s (SEED-IMG scores the %d image questions)", file,

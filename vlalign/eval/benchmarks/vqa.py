@@ -29,7 +29,6 @@ the OCR tokens (`ocr=False`: the question alone, as lmms-eval asks it).
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -38,7 +37,8 @@ from typing import Callable
 
 from vlalign.errors import DataError
 from vlalign.eval.benchmarks import tables
-from vlalign.eval.benchmarks.common import Decision, Scoring, check_scoring, prediction_for, ratio
+from vlalign.eval.benchmarks.common import (Decision, Scoring, check_scoring, load_json_file, prediction_for, ratio,
+                                            required_field, top_level_list, unique_question_ids)
 
 # LLaVA-1.5's evaluation instruction for both (docs/Evaluation.md's short-answer format, its
 # llava_vqav2_mscoco_test-dev2015.jsonl / llava_textvqa_val_v051_ocr.jsonl; lmms-eval's post_prompt)
@@ -205,35 +205,9 @@ def score_textvqa(questions: list[dict], predictions: dict[str, str],
 # ---- readers ---------------------------------------------------------------------------------------------
 
 def _load_json(path: Path):
-    if not path.is_file():
-        raise DataError("no such file", reason="missing_file", file=str(path))
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"not JSON ({exc})", reason="bad_json", file=str(path)) from exc
-
-
-def _list_in(document, key: str, path: Path) -> list:
-    value = document.get(key) if isinstance(document, dict) else None
-    if not isinstance(value, list):
-        raise DataError(f"no {key!r} list at the top level", reason="missing_field", file=str(path), field=key)
-    return value
-
-
-def _field(row, key: str, *, file: str, record_id: str):
-    if not isinstance(row, dict) or row.get(key) is None:
-        raise DataError(f"no {key!r}", reason="missing_field", file=file, record_id=record_id, field=key)
-    return row[key]
-
-
-def _unique(records: list[dict], file: str) -> list[dict]:
-    seen = set()
-    for record in records:
-        if record["question_id"] in seen:
-            raise DataError(f"question id {record['question_id']!r} appears twice", reason="duplicate_id",
-                            file=file, record_id=record["question_id"], field="question_id")
-        seen.add(record["question_id"])
-    return records
+    """VQAv2's and TextVQA's files keep their records in lists (their ids checked by unique_question_ids), and
+    a key given twice in one object has never been refused here."""
+    return load_json_file(path, duplicate_keys_ok=True)
 
 
 def _answer_texts(answers, *, file: str, record_id: str) -> list[str]:
@@ -241,7 +215,7 @@ def _answer_texts(answers, *, file: str, record_id: str) -> list[str]:
     if not isinstance(answers, list):
         raise DataError("'answers' is not a list", reason="bad_field", file=file, record_id=record_id,
                         field="answers")
-    return [str(_field(a, "answer", file=file, record_id=record_id)) if isinstance(a, dict) else str(a)
+    return [str(required_field(a, "answer", file=file, record_id=record_id)) if isinstance(a, dict) else str(a)
             for a in answers]
 
 
@@ -263,9 +237,9 @@ def _vqav2_files(path: Path, split: str | None) -> tuple[Path, Path]:
 
 def _vqav2_record(question: dict, annotation: dict, image: tables.ImageRef, file: str) -> dict:
     qid = str(question["question_id"])
-    return {"question_id": qid, "question": str(_field(question, "question", file=file, record_id=qid)),
+    return {"question_id": qid, "question": str(required_field(question, "question", file=file, record_id=qid)),
             "image": image, "image_id": question.get("image_id"),
-            "answers": _answer_texts(_field(annotation, "answers", file=file, record_id=qid), file=file,
+            "answers": _answer_texts(required_field(annotation, "answers", file=file, record_id=qid), file=file,
                                      record_id=qid),
             "answer_type": annotation.get("answer_type"), "question_type": annotation.get("question_type"),
             "multiple_choice_answer": annotation.get("multiple_choice_answer")}
@@ -274,22 +248,22 @@ def _vqav2_record(question: dict, annotation: dict, image: tables.ImageRef, file
 def _vqav2_official(path: Path, split: str | None) -> list[dict]:
     questions_file, annotations_file = _vqav2_files(path, split)
     document = _load_json(questions_file)
-    questions = _list_in(document, "questions", questions_file)
-    subtype = _field(document, "data_subtype", file=str(questions_file), record_id="top level")  # val2014
+    questions = top_level_list(document, "questions", questions_file)
+    subtype = required_field(document, "data_subtype", file=str(questions_file), record_id="top level")  # val2014
     annotations = {}
-    for position, row in enumerate(_list_in(_load_json(annotations_file), "annotations", annotations_file)):
-        qid = str(_field(row, "question_id", file=str(annotations_file), record_id=f"#{position}"))
+    for position, row in enumerate(top_level_list(_load_json(annotations_file), "annotations", annotations_file)):
+        qid = str(required_field(row, "question_id", file=str(annotations_file), record_id=f"#{position}"))
         annotations[qid] = row
     records = []
     for position, question in enumerate(questions):
-        qid = str(_field(question, "question_id", file=str(questions_file), record_id=f"#{position}"))
-        image_id = _field(question, "image_id", file=str(questions_file), record_id=qid)
+        qid = str(required_field(question, "question_id", file=str(questions_file), record_id=f"#{position}"))
+        image_id = required_field(question, "image_id", file=str(questions_file), record_id=qid)
         if qid not in annotations:
             raise DataError(f"question {qid!r} has no annotation", reason="missing_annotation",
                             file=str(annotations_file), record_id=qid)
         image = f"COCO_{subtype}_{int(image_id):012d}.jpg"
         records.append(_vqav2_record(question, annotations[qid], image, str(questions_file)))
-    return _unique(records, str(questions_file))
+    return unique_question_ids(records, questions_file, name_id=True)
 
 
 def read_vqav2(path: str | Path, image_root: str | Path | None = None, split: str | None = None) -> list[dict]:
@@ -304,9 +278,9 @@ def read_vqav2(path: str | Path, image_root: str | Path | None = None, split: st
         return _vqav2_official(path, split)
     records = []
     for position, row in enumerate(tables.read_rows(path, split)):
-        qid = str(_field(row, "question_id", file=str(path), record_id=f"#{position}"))
+        qid = str(required_field(row, "question_id", file=str(path), record_id=f"#{position}"))
         records.append(_vqav2_record(row, row, tables.image_ref(row.get("image"), row_id=qid), str(path)))
-    return _unique(records, str(path))
+    return unique_question_ids(records, path, name_id=True)
 
 
 def _rosetta_tokens(path: Path) -> dict[str, list] | None:
@@ -314,8 +288,8 @@ def _rosetta_tokens(path: Path) -> dict[str, list] | None:
     ocr_file = path.with_name(path.name.replace("TextVQA_0.5.1_", "TextVQA_Rosetta_OCR_v0.2_"))
     if ocr_file == path or not ocr_file.is_file():
         return None
-    rows = _list_in(_load_json(ocr_file), "data", ocr_file)
-    return {str(_field(row, "image_id", file=str(ocr_file), record_id=f"#{n}")): row.get("ocr_tokens") or []
+    rows = top_level_list(_load_json(ocr_file), "data", ocr_file)
+    return {str(required_field(row, "image_id", file=str(ocr_file), record_id=f"#{n}")): row.get("ocr_tokens") or []
             for n, row in enumerate(rows)}
 
 
@@ -325,8 +299,8 @@ def _with_ocr(question: str, tokens) -> str:
 
 
 def _textvqa_record(row: dict, qid: str, image: tables.ImageRef, tokens, file: str) -> dict:
-    question = str(_field(row, "question", file=file, record_id=qid))
-    answers = _answer_texts(_field(row, "answers", file=file, record_id=qid), file=file, record_id=qid)
+    question = str(required_field(row, "question", file=file, record_id=qid))
+    answers = _answer_texts(required_field(row, "answers", file=file, record_id=qid), file=file, record_id=qid)
     return {"question_id": qid, "question": _with_ocr(question, tokens), "image": image,
             "image_id": row.get("image_id"), "answers": answers}
 
@@ -359,16 +333,16 @@ def read_textvqa(path: str | Path, image_root: str | Path | None = None, split: 
     else:
         if path.is_dir():
             path = path / f"TextVQA_0.5.1_{split or 'val'}.json"
-        rows = _list_in(_load_json(path), "data", path)
+        rows = top_level_list(_load_json(path), "data", path)
         by_image = _rosetta_tokens(path) if ocr else None
     records = []
     for position, row in enumerate(rows):
-        qid = str(_field(row, "question_id", file=str(path), record_id=f"#{position}"))
+        qid = str(required_field(row, "question_id", file=str(path), record_id=f"#{position}"))
         tokens = _ocr_tokens(row, by_image, ocr, file=str(path), record_id=qid)
         if table:
             image = tables.image_ref(row.get("image"), row_id=qid)
         else:
             folder = "test_images" if row.get("set_name") == "test" else "train_images"
-            image = f"{folder}/{_field(row, 'image_id', file=str(path), record_id=qid)}.jpg"
+            image = f"{folder}/{required_field(row, 'image_id', file=str(path), record_id=qid)}.jpg"
         records.append(_textvqa_record(row, qid, image, tokens, str(path)))
-    return _unique(records, str(path))
+    return unique_question_ids(records, path, name_id=True)

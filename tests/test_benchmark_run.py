@@ -149,7 +149,8 @@ def test_evaluation_during_training_leaves_the_weights_identical(tiny_config, to
     config = tiny_config(2, *settings, f"train.output_dir={tmp_path / 'evaluated'}", "train.eval.every=2",
                          "train.eval.limit=4", "train.eval.max_new_tokens=3",
                          f'train.eval.benchmarks=[{{benchmark: pope, data: "{data}", '
-                         f'image_root: "{toy_data["image_root"]}"}}]')
+                         f'image_root: "{toy_data["image_root"]}"}}, {{benchmark: pope, data: "{data}", '
+                         f'image_root: "{toy_data["image_root"]}", scoring: lmms-eval}}]')
     evaluated = train(config, step_hooks=(training_eval_hook(config),))
     expected, got = load_file(str(plain / ckpt.WEIGHTS_FILE)), load_file(str(evaluated / ckpt.WEIGHTS_FILE))
     assert expected.keys() == got.keys() and any("lora_A" in name for name in got)
@@ -161,6 +162,8 @@ def test_evaluation_during_training_leaves_the_weights_identical(tiny_config, to
     step2 = json.loads((tmp_path / "evaluated" / "eval" / "step-000002" / "pope" / "metrics.json").read_text())
     assert step2["n"] == 4 and step2["step"] == 2
     assert evals[0]["eval/pope/POPE mean F1"] == step2["headline"]["POPE mean F1"]
+    second = json.loads((tmp_path / "evaluated" / "eval" / "step-000002" / "pope_2" / "metrics.json").read_text())
+    assert second["scoring"] == "lmms-eval" and "eval/pope_2/POPE acc" in evals[0]
 
 
 def test_training_eval_config_errors_come_before_training(tiny_config, tmp_path):

@@ -28,13 +28,16 @@ def _due(every: int | None, step: int, total_steps: int) -> bool:
 def _load_sets(config: RunConfig) -> list[tuple]:
     """Every configured benchmark read (and its images checked) now, so a wrong path fails before training."""
     spec = config.train.eval
-    sets = []
+    sets, labels = [], []
     for entry in spec.benchmarks:
         benchmark = benchmark_named(entry.benchmark)
         root = default_image_root(Path(entry.data), entry.image_root)
         records = read_benchmark(benchmark, entry.data, root, entry.split, spec.limit)
         check_images(records, root)
-        sets.append((entry, benchmark, records, root))
+        # a second set of the same benchmark (another split, say) logs and writes as pope_2, ...
+        count = sum(label.split("_")[0] == benchmark.name for label in labels)
+        labels.append(benchmark.name if count == 0 else f"{benchmark.name}_{count + 1}")
+        sets.append((labels[-1], entry, benchmark, records, root))
     return sets
 
 
@@ -69,14 +72,14 @@ def training_eval_hook(config: RunConfig):
         if not _due(every, step, total_steps):
             return {}
         values = {}
-        for entry, benchmark, records, root in sets:
+        for label, entry, benchmark, records, root in sets:
             predictions = _answers_of_all_ranks(model, run_config, benchmark, records, root, entry.scoring)
             if rank() == 0:
-                folder = Path(run_config.train.output_dir) / "eval" / f"step-{step:06d}" / benchmark.name
+                folder = Path(run_config.train.output_dir) / "eval" / f"step-{step:06d}" / label
                 headline = _write(folder, benchmark, records, predictions, entry, step)["headline"]
             else:
                 headline = benchmark.headline(benchmark.score(records, predictions, entry.scoring)[1])
-            values.update({f"eval/{benchmark.name}/{key}": value for key, value in headline.items()})
+            values.update({f"eval/{label}/{key}": value for key, value in headline.items()})
         return values
 
     return evaluate

@@ -55,3 +55,16 @@ def test_the_layer_contract_places_every_top_level_module():
     modules |= {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     assert placed == modules
     assert layers["exhaustive"] is True  # and lint-imports refuses a module added to none
+
+
+def test_the_command_line_parser_does_not_import_torch():
+    """`vlalign --help` and argument errors answer at once: building every parser (which lists the
+    benchmarks, objectives and demo recipes) must not pull in torch or transformers."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from vlalign.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

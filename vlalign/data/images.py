@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from vlalign.data.image_files import load_image
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageTransform", "load_image"]
 
 # ImageNet statistics (timm's IMAGENET_DEFAULT_MEAN/STD, MAE's and ViT's image processors).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -47,13 +50,3 @@ class ImageTransform:
         array = np.asarray(image, dtype=np.float32) / 255.0
         array = (array - self.mean) / self.std
         return torch.from_numpy(array.transpose(2, 0, 1).copy())
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Fully decode now, so a truncated or corrupt file fails here and not deep inside a batch."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        raise OSError(f"cannot read image {path}: {exc}") from exc

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from vlalign.data.images import load_image
+from vlalign.data.image_files import decode_image_bytes, load_image
 from vlalign.errors import DataError
 
 # ImageRef: what a benchmark record's "image" holds: a file path, the encoded bytes, or None (no image).
@@ -135,12 +134,7 @@ def decode_base64_image(text: str, *, row_id: str, field: str = "image") -> byte
 def open_image(ref: ImageRef, image_root: str | Path | None = None) -> Image.Image:
     """The RGB image an ImageRef names: bytes are decoded; a relative path is taken under `image_root`."""
     if isinstance(ref, bytes):
-        try:
-            with Image.open(io.BytesIO(ref)) as image:
-                image.load()
-                return image.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise OSError(f"cannot decode embedded image: {exc}") from exc
+        return decode_image_bytes(ref)
     path = Path(ref)
     if not path.is_absolute() and image_root is not None:
         path = Path(image_root) / path

@@ -15,23 +15,31 @@ from vlalign.eval.benchmarks.catalog import benchmark_named
 
 
 
-def _sample_groups(records: list[dict], limit: int, seed: int, group) -> list[dict]:
-    """A deterministic sample of about `limit` questions that keeps groups whole (MME's acc+ needs both
-    questions of an image), in the set's order."""
-    groups: dict[str, list[int]] = {}
-    for index, record in enumerate(records):
-        groups.setdefault(group(record), []).append(index)
+def _sample_groups(records: list[dict], limit: int, seed: int, group, stratum=lambda record: "") -> list[dict]:
+    """A deterministic sample of about `limit` questions, in the set's order, that keeps groups whole (MME's
+    acc+ needs both questions of an image; POPE asks a yes and a no per image and split) and takes the same
+    share from every stratum (POPE's three splits stay equal and balanced, as in the real benchmark)."""
     if len(records) <= limit:
         return records
-    keys = list(groups)
-    random.Random(seed).shuffle(keys)
-    chosen, count = set(), 0
-    for key in keys:
-        if count >= limit:
-            break
-        chosen.update(groups[key])
-        count += len(groups[key])
+    strata: dict[str, dict[str, list[int]]] = {}
+    for index, record in enumerate(records):
+        strata.setdefault(stratum(record), {}).setdefault(group(record), []).append(index)
+    rng, chosen = random.Random(seed), set()
+    for groups in strata.values():
+        keys, count = list(groups), 0
+        rng.shuffle(keys)
+        for key in keys:
+            if count >= limit // len(strata):
+                break
+            chosen.update(groups[key])
+            count += len(groups[key])
     return [records[i] for i in sorted(chosen)]
+
+
+SAMPLING = {  # benchmark -> (group, stratum) of the demo's subsets
+    "pope": (lambda r: (r["category"], r["image"]), lambda r: r["category"]),
+    "mme": (lambda r: r["pair"], lambda r: ""),
+}
 
 
 def demo_sets(world: Path, limit: int, seed: int) -> dict[str, list[dict]]:
@@ -39,8 +47,8 @@ def demo_sets(world: Path, limit: int, seed: int) -> dict[str, list[dict]]:
     sets = {}
     for name, (benchmark, folder, _) in DEMO_SETS.items():
         records = benchmark_named(benchmark).read(world / "test" / "official" / folder, world, None)
-        group = (lambda r: r["pair"]) if benchmark == "mme" else (lambda r: r["question_id"])
-        sets[name] = _sample_groups(records, limit, seed, group)
+        group, stratum = SAMPLING.get(benchmark, (lambda r: r["question_id"], lambda r: ""))
+        sets[name] = _sample_groups(records, limit, seed, group, stratum)
     return sets
 
 

@@ -11,8 +11,8 @@ Prompts are laid out as vlalign's own evaluation lays them out (`vlalign.data.te
 lmms-eval's context string (the question with the task's pre/post prompt) is the user turn, the image goes
 first (an `<image>` tag inside the context is dropped: vlalign models read one image, placed as in
 training), and the checkpoint's data format, chat template and system prompt apply. Greedy requests go
-through `vlalign.eval.answering.answer_batch`, the code `vlalign eval benchmarks` answers with, so both give
-the same text for the same image and prompt. Stop strings (`until`) cut the answer after generation
+through `vlalign.eval.answering.answer_batch` (sampling and beam search too), the code `vlalign eval
+benchmarks` answers with, so both give the same text for the same image and prompt. Stop strings (`until`) cut the answer after generation
 (lm-eval's convention; answer_batch has no stop criterion, so generation runs to EOS or max_new_tokens).
 
 One process: lmms-eval's data-parallel launch (accelerate, several ranks) is not supported; use one device.
@@ -20,6 +20,7 @@ One process: lmms-eval's data-parallel launch (accelerate, several ranks) is not
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -31,9 +32,8 @@ from loguru import logger
 from PIL import Image
 from tqdm import tqdm
 
-from vlalign.data.build import image_transform_for, read_chat_template
-from vlalign.data.templates import prompt_ids
-from vlalign.eval.answering import answer_batch
+from vlalign.data.build import image_transform_for
+from vlalign.eval.answering import answer_batch, prompt_row, stacked_pixels
 from vlalign.train.load import load_checkpoint_model
 
 # lmms-eval's tasks nearly always set max_new_tokens; this is for the few that do not.
@@ -57,9 +57,7 @@ class GenerationOptions:
         """Greedy unless sampling is asked for with a temperature above 0: `temperature: 0` is greedy whatever
         `do_sample` says, `do_sample: false` is greedy whatever the temperature, and a temperature above 0
         without `do_sample` samples (lmms-eval's llava models: do_sample = temperature > 0)."""
-        ignored = sorted(set(gen_kwargs) - GENERATION_KEYS)
-        if ignored:
-            logger.warning(f"vlalign: ignoring generation_kwargs {ignored}")
+        _warn_ignored(tuple(sorted(set(gen_kwargs) - GENERATION_KEYS)))
         until = gen_kwargs.get("until") or ()
         until = (until,) if isinstance(until, str) else tuple(until)
         do_sample, temperature = gen_kwargs.get("do_sample"), gen_kwargs.get("temperature")
@@ -72,51 +70,28 @@ class GenerationOptions:
                    top_p=float(gen_kwargs.get("top_p") or 1.0), num_beams=int(gen_kwargs.get("num_beams") or 1))
 
 
+@functools.cache
+def _warn_ignored(keys: tuple[str, ...]) -> None:
+    """Once per set of keys (a task's kwargs come with every batch), e.g. llava's `image_aspect_ratio`."""
+    if keys:
+        logger.warning(f"vlalign: ignoring generation_kwargs {list(keys)}")
+
+
 def cut_at_stop(text: str, until: tuple[str, ...]) -> str:
     """The text before the first stop string (each split keeps what precedes it, so the earliest one wins)."""
     for stop in until:
-        text = text.split(stop)[0]
+        if stop:
+            text = text.split(stop)[0]
     return text.strip()
-
-
-def _prompt_row(model, config, question: str, has_image: bool) -> list[int]:
-    return prompt_ids(model.tokenizer, config.data.format, question,
-                      model.image_token_id if has_image else None, model.num_visual_tokens,
-                      config.data.system_prompt, read_chat_template(config.data.chat_template))
-
-
-def _pixel_values(images: list[torch.Tensor | None]) -> torch.Tensor | None:
-    present = [image for image in images if image is not None]
-    return torch.stack(present) if present else None
-
-
-def _left_padded(model, config, questions: list[str], images: list[torch.Tensor | None]):
-    """The batch answer_batch builds (left-padded prompts, images in row order), for generation settings
-    answer_batch does not take."""
-    rows = [_prompt_row(model, config, question, image is not None) for question, image in zip(questions, images)]
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), model.tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        input_ids[index, width - len(row):] = torch.tensor(row)
-        attention_mask[index, width - len(row):] = 1
-    return input_ids, attention_mask, _pixel_values(images)
 
 
 def generate_texts(model, config, questions: list[str], images: list[torch.Tensor | None],
                    options: GenerationOptions) -> list[str]:
-    """Answers for one batch: greedy through answer_batch, sampling or beam search through the model's
-    generate on the same batch layout; then cut at the stop strings."""
-    if not options.sample and options.num_beams == 1:
-        texts = answer_batch(model, config, questions, images, max_new_tokens=options.max_new_tokens)
-    else:
-        input_ids, attention_mask, pixel_values = _left_padded(model, config, questions, images)
-        settings = {"max_new_tokens": options.max_new_tokens, "do_sample": options.sample,
-                    "num_beams": options.num_beams}
-        if options.sample:
-            settings.update(temperature=options.temperature, top_p=options.top_p)
-        new_tokens = model.generate(input_ids, attention_mask, pixel_values, **settings)
-        texts = [text.strip() for text in model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    """Answers for one batch through answer_batch (greedy, sampling or beam search), cut at the stop strings."""
+    settings = {"do_sample": options.sample, "num_beams": options.num_beams}
+    if options.sample:
+        settings.update(temperature=options.temperature, top_p=options.top_p)
+    texts = answer_batch(model, config, questions, images, max_new_tokens=options.max_new_tokens, **settings)
     return [cut_at_stop(text, options.until) for text in texts]
 
 
@@ -133,7 +108,7 @@ def continuation_logprobs(model, contexts: list[list[int]], continuations: list[
         input_ids[index, :len(row)] = torch.tensor(row)
         attention_mask[index, :len(row)] = 1
     device = model.language_model.get_input_embeddings().weight.device
-    pixel_values = _pixel_values(images)
+    pixel_values = stacked_pixels(images)
     output = model(input_ids.to(device), attention_mask.to(device),
                    pixel_values.to(device) if pixel_values is not None else None)
     results = []
@@ -205,8 +180,9 @@ class VlalignLMM(lmms):
         return re.sub(re.escape(self._image_tag) + r"\n?", "", context) if self._image_tag in context else context
 
     def _request_input(self, context: str, doc_to_visual, doc_id, task: str, split: str):
-        doc = self.task_dict[task][split][doc_id]
-        visuals = doc_to_visual(doc) if doc_to_visual is not None else None
+        if doc_to_visual is None:  # a text-only request
+            return self._question(context), None
+        visuals = doc_to_visual(self.task_dict[task][split][doc_id])
         return self._question(context), self._image(visuals, f"{task}/{split} document {doc_id}")
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
@@ -238,9 +214,10 @@ class VlalignLMM(lmms):
         scores: list[tuple[float, bool] | None] = [None] * len(requests)
         for batch in batches_by_key([None] * len(requests), self.batch_size):
             contexts, continuations, images = [], [], []
-            for context, target, visual, doc_id, task, split in (requests[i].args for i in batch):
+            # acc_mutual_info's unconditional requests carry only (context, continuation)
+            for context, target, visual, doc_id, task, split in ((*requests[i].args, *[None] * 4)[:6] for i in batch):
                 question, image = self._request_input(context, visual, doc_id, task, split)
-                row = _prompt_row(self.model, self.config, question, image is not None)
+                row = prompt_row(self.model, self.config, question, image is not None)
                 contexts.append(row or [self.model.tokenizer.eos_token_id])  # something to predict from
                 continuations.append(self._continuation(target, task, split, doc_id))
                 images.append(image)

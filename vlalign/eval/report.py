@@ -9,12 +9,13 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
-def headline(evaluation: dict) -> dict[str, float]:
-    """The figures each benchmark is quoted by (official scoring; percent, MME in its points)."""
+def headline(evaluation: dict, scoring: str = "headline") -> dict[str, float]:
+    """The figures each benchmark is quoted by (percent, MME in its points): the official scoring's, or
+    with scoring="lmms_eval_headline" lmms-eval's on the same answers."""
     row = {}
     for name, result in evaluation.items():
         prefix = "compositional " if name.startswith("compositional") else ""
-        row.update({prefix + key: value for key, value in result["headline"].items() if key != "SQA acc"})
+        row.update({prefix + key: value for key, value in result[scoring].items() if key != "SQA acc"})
     return row
 
 
@@ -124,8 +125,9 @@ def detail_tables(name: str, run: dict) -> list[str]:
             lines.append(f"| {category} | {_pct(m['acc'])} | {_pct(m['acc_plus'])} | {m['score']:.1f} | "
                          f"{blank[category]['score']:.1f} | {m['images']} |")
     lines += ["", f"### `{name}`: the same answers under lmms-eval's scoring", "",
-              "; ".join(f"{key} {value:.1f}" for result in run["eval"].values()
-                        for key, value in result["lmms_eval_headline"].items())]
+              "; ".join(f"{key} {value:.1f} ({blank:.1f})" for (key, value), blank in
+                        zip(headline(run["eval"], "lmms_eval_headline").items(),
+                            headline(run["text_only_baseline"], "lmms_eval_headline").values()))]
     if run.get("sea_labels"):
         lines += ["", *sea_label_lines(name, run["sea_labels"])]
     lines += ["", f"### `{name}`: training", ""]

@@ -4,8 +4,9 @@ official: LLaVA-1.5's `convert_gqa_for_eval.py` strips trailing periods and lowe
 `eval.py` then counts exact matches with the gold answer. Its binary / open split: a question whose
 structural type is "query" is open, every other type (verify, logical, choose, compare) binary. No article
 removal or number-word mapping (that is VQAv2's normaliser, more lenient).
-lmms-eval (`tasks/gqa/gqa.yaml`): exact match with ignore_case and ignore_punctuation, i.e. both sides
-lower-cased and every ASCII punctuation mark removed, nothing else.
+lmms-eval (`tasks/gqa/gqa.yaml`): the answer stripped (as lmms-eval does to every generated answer), then
+exact match with ignore_case and ignore_punctuation, i.e. both sides lower-cased and every ASCII
+punctuation mark removed, nothing else.
 
 Reading (`read_gqa`), two forms:
 - GQA's own questions file, e.g. `testdev_balanced_questions.json` ({question id: {imageId, question,
@@ -48,7 +49,8 @@ def parse_official(text: str) -> str:
 
 
 def parse_lmms_eval(text: str) -> str:
-    return text.lower().translate(PUNCTUATION)
+    # lmms-eval strips every generated answer before a task's metric sees it
+    return text.strip().lower().translate(PUNCTUATION)
 
 
 def score_gqa(questions: list[dict], predictions: dict[str, str],

@@ -507,3 +507,26 @@ def test_an_epoch_of_only_skipped_records_is_an_error_not_a_hang(tiny_config, im
                          "train.max_steps=2")
     with pytest.raises(DataError, match="every record was skipped"):
         train(config)
+
+
+def test_truncated_images_fail_even_when_a_library_allows_them_process_wide(tmp_path):
+    """lmms-eval sets PIL's LOAD_TRUNCATED_IMAGES = True when imported; vlalign's loader still refuses."""
+    import io
+
+    from PIL import Image, ImageFile
+
+    from vlalign.data.image_files import decode_image_bytes, load_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(buffer, "PNG")
+    (tmp_path / "cut.png").write_bytes(buffer.getvalue()[:-40])
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        with pytest.raises(OSError, match="cannot read image"):
+            load_image(tmp_path / "cut.png")
+        with pytest.raises(OSError, match="cannot decode embedded image"):
+            decode_image_bytes(buffer.getvalue()[:-40])
+        assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is left as it was
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous

@@ -3,17 +3,21 @@
 #   bash scripts/install.sh          # the package (for `python -m vlalign demo`)
 #   bash scripts/install.sh --test   # plus the test tools (and lmms-eval: the tests run its evaluator)
 #   bash scripts/install.sh --lmms-eval   # plus lmms-eval, for `lmms-eval --model vlalign ...`
+#   bash scripts/install.sh --serve  # plus the web UI / API server of `vlalign serve` (gradio, fastapi, uvicorn)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
 extras=""
 lmms_eval=0
+serve_tests=0
 for arg in "$@"; do
   case "$arg" in
-    --test) extras="[test]"; lmms_eval=1 ;;  # tests/test_lmms_eval_plugin.py runs lmms-eval's evaluator
+    # tests/test_lmms_eval_plugin.py runs lmms-eval's evaluator; tests/test_serve_*.py a server, a browser
+    --test) extras="[test,serve]"; lmms_eval=1; serve_tests=1 ;;
     --lmms-eval) lmms_eval=1 ;;
-    *) echo "usage: bash scripts/install.sh [--test] [--lmms-eval]" >&2; exit 2 ;;
+    --serve) extras="[serve]" ;;
+    *) echo "usage: bash scripts/install.sh [--test] [--lmms-eval] [--serve]" >&2; exit 2 ;;
   esac
 done
 
@@ -40,4 +44,16 @@ fi
 # evaluator really imports (see the comments there).
 if [ "$lmms_eval" = 1 ]; then
   "$PYTHON" -m pip install --quiet --no-deps -r requirements/lmms-eval.txt
+fi
+
+# The serve tests: pinned clients (openai, pexpect, Playwright's Python driver) and Debian's Chromium, which
+# Playwright drives through executable_path (a browser that `playwright install` downloads cannot be fetched
+# here).
+if [ "$serve_tests" = 1 ]; then
+  "$PYTHON" -m pip install --quiet -r requirements/serve-test.txt
+  if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -qq chromium >/dev/null 2>&1 || \
+      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+      { echo "error: could not install Debian's chromium (the web UI test needs it)" >&2; exit 1; }
+  fi
 fi

@@ -195,9 +195,12 @@ def test_pad_keeps_the_whole_image_and_pads_with_the_mean():
     out = ImageTransform(32, MEAN, STD, "pad")(_striped())
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
     # 64x32 -> padded to 64x64 (16 rows above and below) -> 32x32: image in rows 8..23.
-    # The mean colour is rounded to whole 8-bit values, so "zero" is within half a grey level.
-    tolerance = 0.6 / 255 / min(STD)
+    # The mean colour is truncated to whole 8-bit values as LLaVA-1.5 does (int(mean * 255)), so "zero" is
+    # within one grey level.
+    tolerance = 1.01 / 255 / min(STD)
     assert out[:, :6].abs().max() < tolerance and out[:, 26:].abs().max() < tolerance
+    # exactly LLaVA's fill: 0.5 * 255 = 127.5 -> 127, 102.0 -> 102, 76.5 -> 76 (rounding would give 128, 102, 76)
+    assert torch.allclose(out[:, 0, 0], _normalised((127, 102, 76)), atol=1e-5)
     # Both edge stripes survive (a centre crop would lose them), the middle stays red.
     assert torch.allclose(out[:, 16, 1], _normalised((0, 255, 0)), atol=0.05)
     assert torch.allclose(out[:, 16, 30], _normalised((0, 0, 255)), atol=0.05)

@@ -45,6 +45,7 @@ def test_quick_demo_writes_report_and_metrics(tmp_path, capsys):
     assert "MME perception" in report and "SQA-IMG acc" in report and "blank image" in report
     assert (out / "generative" / "eval" / "pope" / "answers.jsonl").is_file()  # the answers, LLaVA's format
     assert "SEA patch labels" in report
+    assert f"vlalign serve --checkpoint {out}/generative/stage2" in report and "vlalign export" in report
 
     # X-Former: demo MAE -> pre-training (4 terms, no LLM) -> retrieval -> LLM alignment -> instruction tuning
     xformer = metrics["xformer"]

@@ -1,5 +1,5 @@
 """`vlalign` command line: train | generate | info | data | train-dual-encoder | label-patches | pretrain-mae |
-eval | demo.
+eval | export | chat | serve | demo.
 
 The commands import their modules inside the handlers: torch, transformers and accelerate take seconds
 to import, and `vlalign --help` or a config error should not wait for them. This is the one module that
@@ -215,6 +215,15 @@ def _add_benchmark_commands(eval_commands) -> None:
     score.set_defaults(func=cmd_eval_score)
 
 
+def _add_leaving_commands(commands) -> None:
+    """Taking a model out: export to other tools' formats, chat in the terminal, serve a UI and an API."""
+    from vlalign.export.cli import add_parser as add_export_parser
+    from vlalign.serve.cli import add_parser as add_serve_parsers
+
+    add_export_parser(commands)
+    add_serve_parsers(commands)
+
+
 def _add_demo_command(commands) -> None:
     from vlalign.demo.recipes import RECIPES  # data only: no training stack imported
 
@@ -235,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_commands(commands)
     _add_data_commands(commands)
     _add_eval_commands(commands)
+    _add_leaving_commands(commands)
     _add_demo_command(commands)
     return parser
 

@@ -33,7 +33,8 @@ class ImageTransform:
         width, height = image.size
         if self.aspect == "pad" and width != height:
             side = max(width, height)
-            fill = tuple(int(round(c * 255)) for c in self.mean)
+            # LLaVA-1.5's expand2square (and transformers' LlavaImageProcessor) truncate: int(mean * 255)
+            fill = tuple(int(c * 255) for c in self.mean)
             canvas = Image.new("RGB", (side, side), fill)
             canvas.paste(image, ((side - width) // 2, (side - height) // 2))
             return canvas

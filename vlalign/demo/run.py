@@ -153,7 +153,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, objectives: list[str
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "machine": _machine(),
             "vision_tower": stage1_config.model.vision_tower, "llm": stage1_config.model.llm,
             "visual_tokens": runs[names[0]]["visual_tokens"], "world_counts": manifest.get("counts", {}),
-            "dual_encoder": encoder}
+            "dual_encoder": encoder, "out": str(out)}
     (out / "run.json").write_text(json.dumps(info, indent=2))
     (out / "report.md").write_text(render_report(runs, info))
     print(f"[demo] done in {info['runtime_s'] / 60:.1f} min; report: {out / 'report.md'}, "

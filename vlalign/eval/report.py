@@ -146,6 +146,19 @@ def detail_tables(name: str, run: dict) -> list[str]:
     return lines
 
 
+def use_lines(runs: dict[str, dict], out: str) -> list[str]:
+    """How to talk to, serve and export the models this report describes."""
+    first = f"{out}/{next(iter(runs))}/stage2"
+    return ["## Using the trained models", "",
+            f"- chat in the terminal: `vlalign chat --checkpoint {first} --image {out}/world/images/test/000000.png`",
+            f"- web UI + OpenAI-compatible API: `vlalign serve --checkpoint {first}` (http://127.0.0.1:7860/, "
+            "`/v1/chat/completions`)",
+            f"- a folder transformers loads without vlalign: `vlalign export --checkpoint {first} --out "
+            f"{out}/export` (remote-code: the packaged EfficientNet-Lite0 is not a Llava tower)",
+            f"- every objective run's model is in `{out}/<run>/stage2`: "
+            + ", ".join(f"`{name}`" for name in runs)]
+
+
 def render_report(runs: dict[str, dict], info: dict) -> str:
     lines = ["# vlalign demo report", "",
              f"Preset `{info['preset']}`; {info['machine']}; total {info['runtime_s'] / 60:.1f} min, "
@@ -159,7 +172,7 @@ def render_report(runs: dict[str, dict], info: dict) -> str:
              "Scoring: each benchmark's official script (`vlalign eval benchmarks`, README: Benchmark scoring); "
              "POPE/GQA/SQA in %, MME perception in MME's points (4 of its 10 perception categories here: "
              "existence, count, position, color; max 800).",
-             "", "## Headline", "", *comparison_table(runs), ""]
+             "", "## Headline", "", *comparison_table(runs), "", *use_lines(runs, info.get("out", "runs/demo")), ""]
     if info.get("dual_encoder"):
         de = info["dual_encoder"]
         lines += ["## Demo dual encoder (EfficientNet-Lite0 + MiniLM-L6, trained heads)", "",

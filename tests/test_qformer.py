@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -116,6 +118,28 @@ def test_hard_negatives_never_pick_a_positive_and_prefer_similar():
     assert (picks[:, 0] == 1).float().mean() > 0.95
     with pytest.raises(ValueError, match=r"rows \[1\] have no negative"):
         sample_hard_negatives(torch.zeros(2, 2), torch.tensor([[True, False], [True, True]]))
+
+
+def test_itm_hard_negatives_are_drawn_from_softmax_of_scaled_similarity():
+    """BLIP-2 draws from softmax(sim / temp); with the logit scale 1/0.07 a cosine lead of 0.1 is a factor
+    e^(0.1/0.07) = 4.17 in probability, where softmax(raw cosine) gives e^0.1 = 1.105 (near uniform)."""
+    from vlalign.losses.functional import hard_negative_weights
+    from vlalign.objectives.qformer import itm_pairs
+
+    similarity = torch.tensor([[0.9, 0.5, 0.4], [0.5, 0.9, 0.3], [0.4, 0.3, 0.9]])
+    same = torch.eye(3, dtype=torch.bool)
+    scale = 1 / 0.07
+    weights = hard_negative_weights(similarity * scale, same)
+    # row 0: negatives 1 (0.5) and 2 (0.4): p1 = e^(0.5/0.07) / (e^(0.5/0.07) + e^(0.4/0.07)) = 1 / (1 + e^(-0.1/0.07))
+    expected = 1 / (1 + math.exp(-0.1 / 0.07))  # = 0.8067
+    assert weights[0, 0] == 0 and weights[0, 1].item() == pytest.approx(expected, abs=1e-6)
+    assert weights[0, 2].item() == pytest.approx(1 - expected, abs=1e-6)
+    # the ITM pairs the objective uses draw with those probabilities (empirical frequency over 4000 draws)
+    torch.manual_seed(0)
+    draws = torch.stack([itm_pairs(similarity, ["a", "b", "c"], torch.tensor(scale))[1] for _ in range(4000)])
+    assert (draws[:, 0] == 1).float().mean().item() == pytest.approx(expected, abs=0.02)
+    unscaled = torch.stack([itm_pairs(similarity, ["a", "b", "c"], 1.0)[1] for _ in range(4000)])
+    assert (unscaled[:, 0] == 1).float().mean().item() == pytest.approx(1 / (1 + math.exp(-0.1)), abs=0.02)  # 0.525
 
 
 def test_reconstruction_loss_only_on_masked_patches():

@@ -144,12 +144,11 @@ def qformer_similarity(query_embeds: torch.Tensor, text_embeds: torch.Tensor) ->
     return torch.einsum("iqd,jd->ijq", _unit(query_embeds), _unit(text_embeds)).max(dim=-1).values
 
 
-def sample_hard_negatives(similarity: torch.Tensor, same: torch.Tensor,
-                          generator: torch.Generator | None = None) -> torch.Tensor:
-    """For each row i, one column j drawn with probability softmax(similarity[i]) over the columns that are
-    not a positive of i (BLIP-2's ITM hard-negative mining). `same[i, j]` is True where j is a positive of
-    i (the diagonal, duplicate captions); a row with no negative at all is an error naming it.
-    """
+def hard_negative_weights(similarity: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """Row-wise probabilities of drawing each column as row i's hard negative: softmax(similarity[i]) over
+    the columns that are not a positive of i (`same[i, j]` True: the diagonal, duplicate captions). Callers
+    pass logits, i.e. cosine x logit scale, as BLIP-2 samples from softmax(sim / temp). A row with no
+    negative at all is an error naming it."""
     _check_rank(similarity, 2, "similarity", "[N, M]")
     if same.shape != similarity.shape:
         raise ValueError(f"sample_hard_negatives: same {tuple(same.shape)} must match similarity "
@@ -158,10 +157,18 @@ def sample_hard_negatives(similarity: torch.Tensor, same: torch.Tensor,
     if without_negative.any():
         rows = without_negative.nonzero().flatten().tolist()
         raise ValueError(f"sample_hard_negatives: rows {rows} have no negative (every candidate is a positive)")
-    weights = torch.softmax(similarity.detach().float(), dim=1).masked_fill(same, 0.0)
-    # Rows whose softmax mass on negatives underflowed to 0 fall back to uniform over the negatives.
-    weights = torch.where(weights.sum(dim=1, keepdim=True) > 0, weights, (~same).float())
-    return torch.multinomial(weights, 1, generator=generator).flatten()
+    weights = torch.softmax(similarity.detach().float().masked_fill(same, float("-inf")), dim=1)
+    # Rows whose softmax mass on negatives underflowed (NaN from all -inf cannot happen: each row has one)
+    # fall back to uniform over the negatives.
+    finite = torch.isfinite(weights).all(dim=1, keepdim=True) & (weights.sum(dim=1, keepdim=True) > 0)
+    return torch.where(finite, weights, (~same).float() / (~same).float().sum(dim=1, keepdim=True))
+
+
+def sample_hard_negatives(similarity: torch.Tensor, same: torch.Tensor,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """For each row i, one column j drawn with probability `hard_negative_weights` (BLIP-2's ITM
+    hard-negative mining)."""
+    return torch.multinomial(hard_negative_weights(similarity, same), 1, generator=generator).flatten()
 
 
 def masked_patch_mse(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,

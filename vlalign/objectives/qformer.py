@@ -38,8 +38,11 @@ class QFormerOptions(ObjectiveOptions):
     itg_label_smoothing: float = Field(0.1, ge=0, lt=1)  # and 0.1 for ITG
 
 
-def itm_pairs(similarity: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Hard negatives for ITM from a local [B, B] image-text similarity.
+def itm_pairs(similarity: torch.Tensor, captions: list[str],
+              logit_scale: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hard negatives for ITM from a local [B, B] image-text cosine similarity, drawn from
+    softmax(logit_scale x similarity) as BLIP-2 draws from softmax(sim / temp): with raw cosines in [-1, 1]
+    the draw would be nearly uniform, i.e. random negatives instead of hard ones.
 
     Returns (rows with a negative, negative caption per such row, negative image per such row); rows whose
     caption equals every other caption in the batch have no negative and are left out of ITM.
@@ -48,8 +51,9 @@ def itm_pairs(similarity: torch.Tensor, captions: list[str]) -> tuple[torch.Tens
     usable = (~same.all(dim=1)).nonzero().flatten()
     if len(usable) == 0:
         return usable, usable, usable
-    negative_text = sample_hard_negatives(similarity[usable], same[usable])
-    negative_image = sample_hard_negatives(similarity.T[usable], same.T[usable])
+    logits = similarity.detach() * (logit_scale.detach() if torch.is_tensor(logit_scale) else logit_scale)
+    negative_text = sample_hard_negatives(logits[usable], same[usable])
+    negative_image = sample_hard_negatives(logits.T[usable], same.T[usable])
     return usable, negative_text, negative_image
 
 
@@ -96,14 +100,15 @@ class QFormerObjective(Objective):
         losses = {"itc": qformer_itc(images_all, texts_all, scale, self.options.itc_label_smoothing)}
         with torch.no_grad():
             similarity = qformer_similarity(image_embeds.float(), text_embeds.float())
-        losses["itm"], itm_accuracy, itm_rows = self._itm(connector, queries, ids, mask, similarity, captions)
+        losses["itm"], itm_accuracy, itm_rows = self._itm(connector, queries, ids, mask, similarity, captions,
+                                                          scale)
         losses["itg"] = self._itg(connector, queries, ids, mask)
         metrics = {"itc_logit_scale": float(scale.detach()), "itm_accuracy": itm_accuracy,
                    "itm_rows": float(itm_rows), "qformer_text_truncated": float(cut)}
         return Terms(losses, metrics)
 
-    def _itm(self, connector, queries, ids, mask, similarity, captions) -> tuple[torch.Tensor, float, int]:
-        rows, negative_text, negative_image = itm_pairs(similarity, captions)
+    def _itm(self, connector, queries, ids, mask, similarity, captions, scale) -> tuple[torch.Tensor, float, int]:
+        rows, negative_text, negative_image = itm_pairs(similarity, captions, scale)
         if len(rows) == 0:  # every caption identical: no negative exists; keep the graph connected
             return queries.sum() * 0.0, float("nan"), 0
         all_queries = torch.cat([queries, queries[rows], queries[negative_image]])

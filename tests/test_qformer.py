@@ -103,6 +103,35 @@ def test_text_branch_starts_as_the_pretrained_bert(tiny_query_models):
 
 # --- pure functions -------------------------------------------------------------------------------------------
 
+def test_itg_head_starts_from_the_pretrained_mlm_head_when_the_checkpoint_has_one(tiny_query_models, tmp_path):
+    """BLIP-2 initialises ITG's prediction transform and bias from BERT's `cls.predictions.*`; an encoder-only
+    checkpoint (no head) keeps a fresh head."""
+    from transformers import AutoConfig, AutoTokenizer, BertForMaskedLM
+
+    from vlalign.models.query_former import build_query_former
+
+    torch.manual_seed(3)
+    mlm = BertForMaskedLM(AutoConfig.from_pretrained(tiny_query_models["bert"]))
+    with torch.no_grad():
+        mlm.cls.predictions.bias.normal_()  # BERT's init is zeros: make the copy visible
+    mlm.save_pretrained(tmp_path / "bert_mlm")
+    AutoTokenizer.from_pretrained(tiny_query_models["bert"]).save_pretrained(tmp_path / "bert_mlm")
+    former, tokenizer = build_query_former(str(tmp_path / "bert_mlm"), 4, 16)
+    head = mlm.cls.predictions
+    assert torch.equal(former.lm_transform[0].weight, head.transform.dense.weight)
+    assert torch.equal(former.lm_transform[0].bias, head.transform.dense.bias)
+    assert torch.equal(former.lm_transform[2].weight, head.transform.LayerNorm.weight)
+    vocab = head.bias.numel()
+    assert torch.equal(former.lm_bias[:vocab], head.bias)  # and [DEC], added after the vocabulary, starts at 0
+    assert former.lm_bias.numel() == len(tokenizer) and torch.all(former.lm_bias[vocab:] == 0)
+    # the same encoder saved without its head: the ITG transform is a fresh one, not the MLM head's
+    mlm.bert.save_pretrained(tmp_path / "bert_only")
+    AutoTokenizer.from_pretrained(tiny_query_models["bert"]).save_pretrained(tmp_path / "bert_only")
+    fresh, _ = build_query_former(str(tmp_path / "bert_only"), 4, 16)
+    assert not torch.equal(fresh.lm_transform[0].weight, head.transform.dense.weight)
+    assert torch.all(fresh.lm_bias == 0)
+
+
 def test_hard_negatives_never_pick_a_positive_and_prefer_similar():
     generator = torch.Generator().manual_seed(0)
     similarity = torch.randn(6, 6)

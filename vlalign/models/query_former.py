@@ -237,14 +237,43 @@ def bert_to_query_former(bert_state: dict[str, torch.Tensor], layers: int) -> di
     return {name: tensor.clone() for name, tensor in mapped.items()}
 
 
+# The pretrained MLM head of a ...ForMaskedLM checkpoint -> the QueryFormer's ITG head (BLIP-2 starts ITG's
+# prediction transform and bias from BERT's `cls.predictions.*`; the decoder weight is the word embeddings).
+MLM_HEAD_KEYS = {
+    "cls.predictions.transform.dense.weight": "lm_transform.0.weight",
+    "cls.predictions.transform.dense.bias": "lm_transform.0.bias",
+    "cls.predictions.transform.LayerNorm.weight": "lm_transform.2.weight",
+    "cls.predictions.transform.LayerNorm.bias": "lm_transform.2.bias",
+    "cls.predictions.bias": "lm_bias",
+    "lm_head.dense.weight": "lm_transform.0.weight", "lm_head.dense.bias": "lm_transform.0.bias",  # RoBERTa's
+    "lm_head.layer_norm.weight": "lm_transform.2.weight", "lm_head.layer_norm.bias": "lm_transform.2.bias",
+    "lm_head.bias": "lm_bias",
+}
+
+
+def load_text_encoder(location: str):
+    """(the encoder, its pretrained MLM head as QueryFormer tensors, or {} when the checkpoint has none:
+    sentence-embedding checkpoints such as MiniLM-L6 ship the encoder alone, and the head then starts fresh)."""
+    from transformers import AutoModel, AutoModelForMaskedLM  # see build_query_former
+
+    try:
+        mlm, info = AutoModelForMaskedLM.from_pretrained(location, output_loading_info=True)
+    except ValueError:  # an encoder type without a masked-LM class
+        return AutoModel.from_pretrained(location), {}
+    missing, state = set(info.get("missing_keys", ())), mlm.state_dict()
+    head = {ours: state[theirs].clone() for theirs, ours in MLM_HEAD_KEYS.items()
+            if theirs in state and theirs not in missing}
+    return mlm.base_model, head if len(head) == 5 else {}
+
+
 def build_query_former(text_source: str, num_queries: int, vision_dim: int, cross_attention_every: int = 2,
                        dropout: float = 0.1):
     """A QueryFormer initialised from a BERT-family encoder, plus its tokenizer with a [DEC] token added."""
     # Imported here, as in mae_branch: the config checks import this module and should start fast.
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     location = parse_source(text_source).location
-    bert = load_or_explain(location, "Q-Former text encoder", lambda: AutoModel.from_pretrained(location))
+    bert, mlm_head = load_or_explain(location, "Q-Former text encoder", lambda: load_text_encoder(location))
     config = bert.config
     if getattr(config, "model_type", "") not in ("bert", "roberta", "xlm-roberta", "electra"):
         raise ConfigError(f"Q-Former text encoder {text_source!r} is a {getattr(config, 'model_type', '?')} "
@@ -253,7 +282,8 @@ def build_query_former(text_source: str, num_queries: int, vision_dim: int, cros
     former = QueryFormer(config.vocab_size, config.hidden_size, config.num_hidden_layers,
                          config.num_attention_heads, config.intermediate_size, config.max_position_embeddings,
                          num_queries, vision_dim, cross_attention_every, config.layer_norm_eps, dropout)
-    former.load_state_dict(bert_to_query_former(bert.state_dict(), config.num_hidden_layers), strict=False)
+    former.load_state_dict({**bert_to_query_former(bert.state_dict(), config.num_hidden_layers), **mlm_head},
+                           strict=False)
     # ITG's first text token (BLIP-2): a new [DEC] token, its embedding started from [CLS]'s.
     tokenizer = copy.deepcopy(tokenizer)
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})
@@ -263,6 +293,8 @@ def build_query_former(text_source: str, num_queries: int, vision_dim: int, cros
         with torch.no_grad():
             grown.weight[:former.word_embeddings.num_embeddings] = former.word_embeddings.weight
             grown.weight[dec_id] = former.word_embeddings.weight[tokenizer.cls_token_id]
+            bias = torch.zeros(dec_id + 1)
+            bias[:former.lm_bias.numel()] = former.lm_bias  # the pretrained MLM bias, 0 for [DEC]
         former.word_embeddings = grown
-        former.lm_bias = nn.Parameter(torch.zeros(dec_id + 1))
+        former.lm_bias = nn.Parameter(bias)
     return former, tokenizer

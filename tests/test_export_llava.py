@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from export_helpers import WITHOUT_VLALIGN
 from vlalign.data.build import image_transform_for, read_chat_template
 from vlalign.data.images import load_image
 from vlalign.data.templates import prompt_ids
@@ -38,24 +39,7 @@ NEW_TOKENS = 8
 # differ between two loads. The export and vlalign's reference therefore load with the same seed.
 LOAD_SEED = 1234
 
-CHILD = r'''
-import importlib.util
-import sys
-
-folder, image_path, prompt, new_tokens, out, repo = sys.argv[1:7]
-# vlalign is installed in editable mode: a .pth file in site-packages (read even under -I) puts its finder on
-# sys.meta_path. Remove that and every path into the repository, so only transformers can load the export.
-sys.meta_path[:] = [finder for finder in sys.meta_path if "vlalign" not in getattr(finder, "__module__", "")]
-sys.path_hooks[:] = [hook for hook in sys.path_hooks if "vlalign" not in getattr(hook, "__module__", "")]
-sys.path_importer_cache.clear()
-sys.path[:] = [entry for entry in sys.path if not entry.startswith(repo)]
-assert importlib.util.find_spec("vlalign") is None, "vlalign is still importable"
-try:
-    import vlalign  # noqa: F401
-except ImportError:
-    pass
-else:
-    raise SystemExit("vlalign is importable in the child process")
+CHILD = WITHOUT_VLALIGN + r'''
 
 import torch
 from PIL import Image

@@ -136,3 +136,37 @@ def test_merge_connector_concatenates_each_window_and_pads_edges():
         build_connector("mlp2x_gelu", 2, 3, {"pool": 2, "merge": 2})
     with pytest.raises(ConfigError, match="merge must be an integer >= 1"):
         build_connector("linear", 2, 3, {"merge": 0})
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_image_token_rows_are_the_same_at_every_load(tiny_models, tmp_path, tied):
+    """`<image>` is added to the vocabulary at load: its embedding / LM-head rows must not depend on the RNG
+    (a checkpoint without the LLM re-adds them at every load; two loads or two ranks must answer alike)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    from vlalign.models.llm import load_llm
+
+    folder = tiny_models["llm"]
+    if tied:  # the same tiny Llama with one matrix for embedding and LM head
+        config = AutoConfig.from_pretrained(folder)
+        config.tie_word_embeddings = True
+        torch.manual_seed(3)
+        LlamaForCausalLM(config).save_pretrained(tmp_path / "tied")
+        AutoTokenizer.from_pretrained(folder).save_pretrained(tmp_path / "tied")
+        folder = str(tmp_path / "tied")
+    original = load_file(f"{folder}/model.safetensors")
+    loads = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        model, tokenizer, image_id = load_llm(folder, "<image>")
+        loads.append((model.get_input_embeddings().weight.detach().clone(),
+                      model.get_output_embeddings().weight.detach().clone()))
+    embed = original["model.embed_tokens.weight"]
+    head = embed if tied else original["lm_head.weight"]
+    assert image_id == embed.shape[0]  # the token is new: rows were added
+    for (got_embed, got_head) in loads:
+        assert torch.equal(got_embed[:image_id], embed) and torch.equal(got_head[:image_id], head)
+        torch.testing.assert_close(got_embed[image_id], embed.mean(dim=0))
+        torch.testing.assert_close(got_head[image_id], head.mean(dim=0))
+    assert torch.equal(loads[0][0], loads[1][0]) and torch.equal(loads[0][1], loads[1][1])

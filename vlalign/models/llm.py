@@ -40,8 +40,28 @@ def load_llm(source_text: str, image_token: str, attn_implementation: str = "sdp
         source_text, "LLM",
         lambda: AutoModelForCausalLM.from_pretrained(folder, attn_implementation=attn_implementation))
     image_token_id = tokenizer.convert_tokens_to_ids(image_token)
-    if image_token_id >= model.get_input_embeddings().weight.shape[0]:
-        # The placeholder row is always overwritten by visual tokens, so its init does not matter;
-        # mean_resizing=False avoids a covariance pass over a large vocabulary.
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    if image_token_id >= old_rows:
+        # mean_resizing=False avoids a covariance pass over a large vocabulary; the new rows are then set below.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        set_new_rows_to_mean(model, old_rows)
     return model, tokenizer, image_token_id
+
+
+def set_new_rows_to_mean(model, old_rows: int) -> None:
+    """Rows added for `<image>` (embedding, LM head, LM-head bias) := the mean of the original rows.
+
+    The input row is always replaced by visual tokens, but the LM head's row gives `<image>` a logit. Drawn at
+    random (transformers' default), it differed at every load of a checkpoint that does not store the LLM
+    (stage 1, LoRA): two loads of one checkpoint, or two ranks, could answer differently. The mean row is
+    the same at every load and gives the new token an ordinary, not a dominant, logit.
+    """
+    import torch  # on use, like transformers above: the config checks import this module
+
+    output = model.get_output_embeddings()
+    matrices = [model.get_input_embeddings().weight]
+    if output is not None:
+        matrices += [output.weight] + ([output.bias] if getattr(output, "bias", None) is not None else [])
+    with torch.no_grad():
+        for matrix in {id(m): m for m in matrices}.values():  # a tied head shares the embedding's tensor
+            matrix[old_rows:] = matrix[:old_rows].mean(dim=0)

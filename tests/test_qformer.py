@@ -165,9 +165,10 @@ def test_itm_hard_negatives_are_drawn_from_softmax_of_scaled_similarity():
     assert weights[0, 2].item() == pytest.approx(1 - expected, abs=1e-6)
     # the ITM pairs the objective uses draw with those probabilities (empirical frequency over 4000 draws)
     torch.manual_seed(0)
-    draws = torch.stack([itm_pairs(similarity, ["a", "b", "c"], torch.tensor(scale))[1] for _ in range(4000)])
+    captions = ["a", "b", "c"]
+    draws = torch.stack([itm_pairs(similarity, similarity.T, captions, captions, torch.tensor(scale))[1] for _ in range(4000)])
     assert (draws[:, 0] == 1).float().mean().item() == pytest.approx(expected, abs=0.02)
-    unscaled = torch.stack([itm_pairs(similarity, ["a", "b", "c"], 1.0)[1] for _ in range(4000)])
+    unscaled = torch.stack([itm_pairs(similarity, similarity.T, captions, captions, 1.0)[1] for _ in range(4000)])
     assert (unscaled[:, 0] == 1).float().mean().item() == pytest.approx(1 / (1 + math.exp(-0.1)), abs=0.02)  # 0.525
 
 
@@ -396,3 +397,95 @@ def test_query_objective_input_errors_name_the_problem(tiny_config, tiny_query_m
     pairs, root = read_pairs(toy_data["stage1"], toy_data["image_root"], 3)
     with pytest.raises(ConfigError, match="3 pairs are fewer than K = 5"):
         query_retrieval(module.model.eval(), pairs, root)
+
+
+# --- which queries ITM and ITG see: the X-Former's final queries, or BLIP-2's own passes -----------------------
+
+def test_itm_itg_queries_default_follows_the_connectors_paper(tiny_config, tiny_query_models):
+    """auto: BLIP-2's passes on the qformer connector; the final (MAE-fused) queries on the xformer (X-Former 2.3)."""
+    qformer, _, _ = _model_and_batch(_query_config(tiny_config, tiny_query_models))
+    xformer, _, _ = _model_and_batch(_query_config(tiny_config, tiny_query_models, 1, "xformer", "{xformer: {}}"))
+    chosen, _, _ = _model_and_batch(_query_config(tiny_config, tiny_query_models, 1, "xformer",
+                                                  "{xformer: {itm_itg_queries: blip2}}"))
+    assert qformer.objectives["qformer"].mode == "blip2" and xformer.objectives["xformer"].mode == "final"
+    assert qformer.request.connector_aux == {"query_pass"}
+    assert xformer.request.connector_aux == {"reconstruction"}
+    assert chosen.objectives["xformer"].mode == "blip2"
+    assert chosen.request.connector_aux == {"reconstruction", "query_pass"}
+    from vlalign.objectives.base import objective_options
+
+    with pytest.raises(ConfigError, match="objectives.qformer: itm_itg_queries: Input should be 'auto', 'final'"):
+        objective_options("qformer", {"itm_itg_queries": "last"})
+
+
+def test_itg_over_cached_query_states_equals_rerunning_the_queries(tiny_config, tiny_query_models):
+    """LAVIS' ITG reuses the query pass's keys/values; re-running the learnable queries with cross-attention under
+    the multimodal causal mask must give the same text states (and the same query states as the query pass)."""
+    module, _, batch = _model_and_batch(_query_config(tiny_config, tiny_query_models))
+    connector = module.model.multi_modal_projector.eval()
+    former = connector.former
+    torch.manual_seed(1)
+    features = connector.vision_norm(torch.randn(3, 17, former.vision_dim))
+    ids, mask, _ = connector.tokenize(["a red circle", "there is one blue square on the left", "fruit"], "cpu")
+    with torch.no_grad():
+        queries, layer_inputs = former.encode_queries(features, keep_layer_inputs=True)
+        cached = former.decode_text(layer_inputs, ids, mask)
+        rerun = former.joint(former.initial_queries(3), ids, mask, "multimodal_causal", image_features=features)
+    assert layer_inputs.shape == (len(former.layer), 3, former.num_queries, former.hidden_size)
+    torch.testing.assert_close(rerun[:, :former.num_queries], queries, rtol=0, atol=1e-5)
+    real = mask.bool()  # padded text positions are never read
+    torch.testing.assert_close(cached[real], rerun[:, former.num_queries:][real], rtol=0, atol=1e-5)
+    assert torch.equal(former.encode_queries(features), queries)
+
+
+def _itm_head_outputs(module, batch) -> tuple[torch.Tensor, dict]:
+    """The ITM head's per-query logits for every pair of the objective's ITM pass (positives first), and the
+    connector's outputs of the same forward pass."""
+    seen = []
+    handle = module.model.multi_modal_projector.itm_head.register_forward_hook(lambda m, i, out: seen.append(out))
+    aux = {}
+    original = module.model.multi_modal_projector.encode
+
+    def encode(*args, **kwargs):
+        result = original(*args, **kwargs)
+        aux.update(result.aux)
+        return result
+
+    module.model.multi_modal_projector.encode = encode
+    try:
+        total, losses, metrics = module(batch)
+    finally:
+        handle.remove()
+        del module.model.multi_modal_projector.encode
+    return seen[0].mean(dim=1), {"aux": aux, "total": total, "metrics": metrics}
+
+
+@pytest.mark.parametrize("mode", ["blip2", "final"])
+def test_itm_pass_pairs_the_caption_with_the_modes_queries(tiny_config, tiny_query_models, mode):
+    """blip2: BLIP-2's ITM pass, the learnable queries re-run with cross-attention to the pair's image features;
+    final: the final queries fill the query slots of a pass without cross-attention. Checked on the positives
+    (the first rows of the pass) against each definition, with the weights and features of the same step."""
+    config = _query_config(tiny_config, tiny_query_models, 1, "qformer",
+                           f"{{qformer: {{itm_itg_queries: {mode}, itc_weight: 0.0, itg_weight: 0.0}}}}")
+    config.model.connector_options["dropout"] = 0.0
+    module, dataset, batch = _model_and_batch(config)
+    module.train()
+    logits, seen = _itm_head_outputs(module, batch)
+    connector = module.model.multi_modal_projector
+    former = connector.former
+    ids, mask, _ = connector.tokenize(batch.extras["caption"], "cpu")
+    with torch.no_grad():
+        if mode == "blip2":
+            states = former.joint(former.initial_queries(len(ids)), ids, mask, "bidirectional",
+                                  image_features=seen["aux"]["vision_features"])
+        else:
+            assert "vision_features" not in seen["aux"]  # nothing extra computed in this mode
+            states = former.joint(seen["aux"]["final_queries"], ids, mask, "bidirectional")
+        expected = connector.itm_head(states[:, :former.num_queries]).mean(dim=1)
+    torch.testing.assert_close(logits[:len(ids)].detach(), expected, rtol=0, atol=1e-5)
+    assert len(logits) == len(ids) + 2 * seen["metrics"]["itm_rows"]  # + a negative text and image per row
+    assert seen["metrics"]["itm_remote_negatives"] == 0.0  # one process: every negative is local
+    # ITM alone (the other weights are 0) reaches the learnable queries and the cross-attention
+    seen["total"].backward()
+    assert former.query_tokens.grad.abs().sum() > 0
+    assert former.layer[0].crossattention.self.key.weight.grad.abs().sum() > 0

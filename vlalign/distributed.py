@@ -58,6 +58,39 @@ def gather_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(parts), sum(sizes[:own])
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for a row and hands it to the row's owner."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+        padded[:tensor.shape[0]] = tensor
+        slots = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(slots, padded)
+        _track(padded, *slots)
+        ctx.offset, ctx.size = sum(sizes[:rank()]), tensor.shape[0]
+        return torch.cat([slot[:size] for slot, size in zip(slots, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        _track(total)
+        return total[ctx.offset:ctx.offset + ctx.size].clone(), None
+
+
+def gather_rows_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """As gather_rows, but every rank's rows carry gradient back to the rank that owns them (LAVIS'
+    all_gather_with_grad, which BLIP-2's ITM uses for negative images drawn from other ranks).
+
+    The backward pass is a collective: every rank must make its loss depend on the result (a `* 0` term where
+    nothing else does), or the ranks that do wait forever."""
+    if world_size() == 1:
+        return tensor, 0
+    sizes = _gather_sizes(tensor.shape[0], tensor.device)
+    return _GatherWithGrad.apply(tensor, sizes), sum(sizes[:rank()])
+
+
 def gather_objects(values: list) -> list:
     """A Python list from every rank, concatenated in rank order (labels, ids, counters: no gradient)."""
     if world_size() == 1:

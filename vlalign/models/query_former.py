@@ -129,17 +129,28 @@ class QueryFormerLayer(nn.Module):
             parts.append(self.text_ffn(text))
         return torch.cat(parts, dim=1)
 
+    def forward_text_over_cached_queries(self, text: torch.Tensor, cached_queries: torch.Tensor,
+                                         mask: torch.Tensor) -> torch.Tensor:
+        """The text rows of this layer, their self-attention keys/values = [cached query states ; text] (LAVIS'
+        ITG: `past_key_values` of the query pass). mask: [B, T, Q+T]."""
+        text = self.attention(text, kv=torch.cat([cached_queries, text], dim=1), mask=mask)
+        return self.text_ffn(text)
+
 
 class QueryFormer(nn.Module):
-    """Queries + BERT text branch. Three entry points, one per kind of pass:
+    """Queries + BERT text branch. Entry points, one per kind of pass:
 
     - `encode_queries(image_features)`: queries alone, cross-attending to the image (the query side of ITC
       and what the LLM receives; under ITC's and ITG's masks the queries never see text, so this pass is
-      exactly their query side).
+      exactly their query side). With `keep_layer_inputs` it also returns each layer's input query states.
     - `encode_text(ids, mask)`: text alone (ITC's [CLS]).
-    - `joint(query_states, ids, mask, mode)`: [query slots ; text] under the ITM or ITG mask. The query slots
-      hold the final queries of `encode_queries` (after X-Former's MAE fusion when there is one), so ITM and
-      ITG train exactly the queries the LLM receives; no cross-attention runs in this pass.
+    - `joint(query_states, ids, mask, mode, image_features=None)`: [query slots ; text] under the ITM or ITG
+      mask. Without image features the query slots hold given states (the final queries, after X-Former's MAE
+      fusion when there is one) and no cross-attention runs; with them the slots start from the learnable
+      queries (`initial_queries`) and cross-attend to the image: BLIP-2's ITM pass.
+    - `decode_text(query_layer_inputs, ids, mask)`: ITG's text over the query pass's cached per-layer query
+      states, as LAVIS reuses that pass's keys/values (same result as re-running the queries in `joint`, and
+      the same dropout draws as the query pass).
     """
 
     def __init__(self, vocab_size: int, hidden: int, layers: int, heads: int, intermediate: int,
@@ -180,25 +191,44 @@ class QueryFormer(nn.Module):
             states = layer(states, num_queries, mask, image_features)
         return states
 
-    def encode_queries(self, image_features: torch.Tensor) -> torch.Tensor:
+    def initial_queries(self, batch: int) -> torch.Tensor:
+        """The learnable queries as the first layer sees them (BERT's embedding LayerNorm and dropout)."""
+        return self.embed_dropout(self.embed_norm(self.query_tokens.expand(batch, -1, -1)))
+
+    def encode_queries(self, image_features: torch.Tensor, keep_layer_inputs: bool = False):
+        """Final query states [B, Q, H]; with keep_layer_inputs also [L, B, Q, H], each layer's input states."""
         if image_features.shape[-1] != self.vision_dim:
             raise ValueError(f"vision features have {image_features.shape[-1]} channels; the Q-Former's "
                              f"cross-attention was built for {self.vision_dim}")
         batch = image_features.shape[0]
-        queries = self.embed_dropout(self.embed_norm(self.query_tokens.expand(batch, -1, -1)))
-        mask = torch.ones(batch, self.num_queries, self.num_queries, dtype=torch.bool, device=queries.device)
-        return self._run(queries, self.num_queries, mask, image_features)
+        states = self.initial_queries(batch)
+        mask = torch.ones(batch, self.num_queries, self.num_queries, dtype=torch.bool, device=states.device)
+        inputs = []
+        for layer in self.layer:
+            inputs.append(states)
+            states = layer(states, self.num_queries, mask, image_features)
+        return (states, torch.stack(inputs)) if keep_layer_inputs else states
 
     def encode_text(self, ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         mask = qformer_attention_mask(0, text_mask, "unimodal")
         return self._run(self._embed_text(ids), 0, mask, None)
 
-    def joint(self, query_states: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor,
-              mode: str) -> torch.Tensor:
+    def joint(self, query_states: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor, mode: str,
+              image_features: torch.Tensor | None = None) -> torch.Tensor:
         num_queries = query_states.shape[1]
         mask = qformer_attention_mask(num_queries, text_mask, mode)
         states = torch.cat([query_states, self._embed_text(ids)], dim=1)
-        return self._run(states, num_queries, mask, None)
+        return self._run(states, num_queries, mask, image_features)
+
+    def decode_text(self, query_layer_inputs: torch.Tensor, ids: torch.Tensor,
+                    text_mask: torch.Tensor) -> torch.Tensor:
+        """Text states [B, T, H] under ITG's mask, attending to the cached query states [L, B, Q, H]."""
+        num_queries = query_layer_inputs.shape[2]
+        mask = qformer_attention_mask(num_queries, text_mask, "multimodal_causal")[:, num_queries:]
+        states = self._embed_text(ids)
+        for layer, cached in zip(self.layer, query_layer_inputs):
+            states = layer.forward_text_over_cached_queries(states, cached, mask)
+        return states
 
     def lm_logits(self, text_states: torch.Tensor) -> torch.Tensor:
         return self.lm_transform(text_states) @ self.word_embeddings.weight.T + self.lm_bias

@@ -2,7 +2,8 @@
 
 Unlike the patch connectors they emit a fixed number of visual tokens (the queries), whatever the grid,
 and hand their objectives the final queries (`aux["final_queries"]`); asked for `reconstruction`, the
-X-Former also returns the MAE decoder's prediction, its target and the patch mask. The `qformer` /
+X-Former also returns the MAE decoder's prediction, its target and the patch mask; asked for `query_pass`,
+both return what BLIP-2's own ITM / ITG passes read (normalised image features, per-layer query states). The `qformer` /
 `xformer` objectives (objectives/qformer.py) compute ITC, ITM, ITG and the reconstruction loss from them;
 the LLM-alignment stage trains the connector with the generative loss through `language_projection`.
 """
@@ -78,9 +79,19 @@ class QFormerConnector(Connector):
             return [module for name, module in self.named_children() if name != "language_projection"]
         return []
 
+    def _query_pass(self, vision_tokens: torch.Tensor,
+                    aux: frozenset[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The Q-Former's queries over the image; asked for `query_pass`, also what BLIP-2's own ITM / ITG passes
+        read: the normalised image features and each layer's input query states (ITG's cached keys/values)."""
+        features = self.vision_norm(vision_tokens)
+        if "query_pass" not in aux:
+            return self.former.encode_queries(features), {}
+        queries, layer_inputs = self.former.encode_queries(features, keep_layer_inputs=True)
+        return queries, {"vision_features": features, "query_layer_inputs": layer_inputs}
+
     def _queries(self, vision_tokens: torch.Tensor, pixel_values: torch.Tensor | None,
                  aux: frozenset[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.former.encode_queries(self.vision_norm(vision_tokens)), {}
+        return self._query_pass(vision_tokens, aux)
 
     def encode(self, vision_tokens: torch.Tensor, grid: tuple[int, int], pixel_values: torch.Tensor | None = None,
                aux: frozenset[str] = frozenset()) -> ConnectorOutput:
@@ -131,5 +142,6 @@ class XFormerConnector(QFormerConnector):
                  aux: frozenset[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if pixel_values is None:
             raise ValueError("connector xformer needs the images' pixel values for its MAE branch")
-        queries = self.former.encode_queries(self.vision_norm(vision_tokens))
-        return self.mae_branch(queries, pixel_values, reconstruct="reconstruction" in aux)
+        queries, query_pass = self._query_pass(vision_tokens, aux)
+        final_queries, extra = self.mae_branch(queries, pixel_values, reconstruct="reconstruction" in aux)
+        return final_queries, {**query_pass, **extra}

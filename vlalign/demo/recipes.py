@@ -33,6 +33,7 @@ class Recipe:
 
 GENERATIVE = {"generative": {"weight": 1.0}}
 QUERY_CONNECTOR = {"num_queries": NUM_QUERIES, "max_text_length": MAX_TEXT_LENGTH}
+XFORMER = {"connector": "xformer", "connector_options": {**QUERY_CONNECTOR, "mask_ratio": MASK_RATIO}}
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     Recipe("generative", GENERATIVE),
     Recipe("generative+eos_contrastive", {**GENERATIVE, "eos_contrastive": {"weight": 1.0}}),
@@ -41,8 +42,10 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     Recipe("generative+sea", {**GENERATIVE, "sea": {"weight": 1.0}}, pre_steps=("label_patches",)),
     Recipe("qformer", {"qformer": {}}, model={"connector": "qformer", "connector_options": QUERY_CONNECTOR},
            pre_steps=("query_pretrain",)),
-    Recipe("xformer", {"xformer": {}},
-           model={"connector": "xformer", "connector_options": {**QUERY_CONNECTOR, "mask_ratio": MASK_RATIO}},
+    Recipe("xformer", {"xformer": {}}, model=XFORMER, pre_steps=("demo_mae", "query_pretrain")),
+    # ITM / ITG through BLIP-2's own passes instead of the MAE-fused final queries (which then get ITC and
+    # reconstruction only): the other reading of X-Former's pre-training
+    Recipe("xformer+blip2", {"xformer": {"itm_itg_queries": "blip2"}}, model=XFORMER,
            pre_steps=("demo_mae", "query_pretrain")),
 )}
 DEFAULT_RECIPES = ("generative",)

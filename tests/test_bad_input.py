@@ -308,6 +308,25 @@ def test_bad_config_values_and_files(tmp_path):
     assert load_config(None, ["train.lr=2e-5"]).train.lr == pytest.approx(2e-5)  # the happy path parses
 
 
+@pytest.mark.parametrize("setting, says", [
+    ("train.lr=nan", "finite number"), ("train.lr=.inf", "finite number"), ("train.lr=1e30", "less than or equal to 1"),
+    ("train.lr=-1e-3", "greater than 0"), ("train.lr=0", "greater than 0"), ("train.vision_lr=-1", "greater than 0"),
+    ("train.batch_size=0", "greater than or equal to 1"), ("train.grad_accum=0", "greater than or equal to 1"),
+    ("train.epochs=0", "greater than or equal to 1"), ("train.max_steps=-3", "greater than or equal to 1"),
+    ("train.warmup_ratio=1.5", "less than or equal to 1"), ("train.max_grad_norm=0", "greater than 0"),
+    ("train.weight_decay=-0.1", "greater than or equal to 0"), ("train.seed=-1", "greater than or equal to 0"),
+    ("train.log_every=0", "greater than or equal to 1"), ("train.save_every=0", "greater than or equal to 1"),
+    ("train.tune.lora.r=0", "greater than or equal to 1"), ("train.tune.lora.dropout=1", "less than 1"),
+    ("train.eval.batch_size=0", "greater than or equal to 1"), ("model.max_length=0", "greater than or equal to 1"),
+    ("data.num_workers=-2", "greater than or equal to 0"),
+])
+def test_config_values_out_of_range_are_refused_before_anything_loads(setting, says):
+    """Values that would train nothing, divide by zero or end in NaN weights: one error naming the key."""
+    key = setting.split("=")[0]
+    with pytest.raises(ConfigError, match=f"config key '{key}': .*{says}"):
+        load_config(None, [setting])
+
+
 def test_unknown_objective_and_options_list_the_registered():
     config = load_config(None, ["objectives.contrastivez.weight=1"])
     with pytest.raises(ConfigError, match="unknown objective 'contrastivez'.*generative"):

@@ -55,10 +55,10 @@ def test_stage1_then_stage2_lora_and_generate(tiny_config, toy_data):
                           "multi_modal_projector.linear_2.weight", "multi_modal_projector.linear_2.bias"}
 
     stage2_config = tiny_config(2, "train.max_steps=2", f"train.init_from={stage1}", "train.tune.llm=lora",
-                                "train.tune.lora.r=4", "train.lr=0")
+                                "train.tune.lora.r=4", "train.tune.connector=frozen")
     stage2 = train(stage2_config)
     after = load_file(str(stage2 / ckpt.WEIGHTS_FILE))
-    # lr=0: the connector must come through stage 2 exactly as stage 1 left it.
+    # a frozen connector must come through stage 2 exactly as stage 1 left it.
     for name, tensor in saved.items():
         assert torch.equal(after[name], tensor)
     assert any("lora_A" in name for name in after)
@@ -156,3 +156,82 @@ def test_consecutive_runs_in_one_process_may_change_precision(tiny_config):
     bf16 = train(tiny_config(2, "train.max_steps=1", f"train.init_from={plain}", "train.mixed_precision=bf16"))
     assert (bf16 / ckpt.WEIGHTS_FILE).is_file()
     assert "mixed_precision: bf16" in (bf16 / "config.yaml").read_text()
+
+
+def _nan_on_calls(monkeypatch, calls: set[int]):
+    """The generative term turns NaN on the given forward calls (1-based): a loss blow-up at a known step."""
+    from vlalign.objectives.generative import Generative
+
+    original, seen = Generative.forward, []
+
+    def forward(self, output, batch, model):
+        terms = original(self, output, batch, model)
+        seen.append(list(batch.record_ids))
+        if len(seen) in calls:
+            terms.losses = {name: value * float("nan") for name, value in terms.losses.items()}
+        return terms
+
+    monkeypatch.setattr(Generative, "forward", forward)
+    return seen
+
+
+def test_a_nonfinite_loss_stops_the_run_before_the_update_naming_step_and_records(tiny_config, monkeypatch):
+    import pytest
+
+    from vlalign.errors import TrainingError
+
+    seen = _nan_on_calls(monkeypatch, {2})
+    config = tiny_config(1, "train.max_steps=3", "train.save_every=1", "train.keep_checkpoints=0")
+    with pytest.raises(TrainingError, match=r"before update 2 .*'generative': nan.*records \[") as error:
+        train(config)
+    assert all(f"'{record}'" in str(error.value) for record in seen[1])  # the bad batch's records are named
+    out = Path(config.train.output_dir)
+    assert not (out / "final").exists()  # nothing is published after the blow-up
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-000001"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1]
+
+
+def test_skip_batch_skips_nonfinite_updates_counts_them_and_stops_after_too_many_in_a_row(tiny_config,
+                                                                                             monkeypatch):
+    import math
+
+    import pytest
+
+    from vlalign.errors import TrainingError
+
+    _nan_on_calls(monkeypatch, {2})
+    final = train(tiny_config(1, "train.max_steps=3", "train.on_nonfinite=skip_batch"))
+    assert json.loads((final.parent / "data_report.json").read_text())["nonfinite_updates_skipped"] == 1
+    rows = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3] and all(math.isfinite(row["loss"]) for row in rows)
+    assert all(torch.isfinite(t).all() for t in load_file(str(final / ckpt.WEIGHTS_FILE)).values())
+
+    _nan_on_calls(monkeypatch, set(range(1, 100)))  # every step blows up
+    with pytest.raises(TrainingError, match=r"2 updates in a row were non-finite"):
+        train(tiny_config(1, "train.max_steps=3", "train.on_nonfinite=skip_batch", "train.max_nonfinite_in_a_row=2",
+                          "train.output_dir=" + str(final.parent.parent / "again")))
+
+
+def test_non_finite_weights_are_never_written_as_a_checkpoint(tmp_path):
+    import pytest
+    from accelerate import Accelerator
+
+    from vlalign.config import RunConfig
+    from vlalign.errors import TrainingError
+
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = float("inf")
+    with pytest.raises(TrainingError, match="not writing .*ckpt: 1 weight tensors hold NaN or inf \\(weight\\)"):
+        ckpt.save_checkpoint(tmp_path / "ckpt", Accelerator(cpu=True), model=model, objectives=torch.nn.ModuleDict(),
+                             config=RunConfig(), state={"step": 1})
+    assert not any(tmp_path.iterdir())  # not even a staging folder
+
+
+def test_metrics_rows_are_valid_json_with_non_finite_values_as_null():
+    from vlalign.train.progress import json_line
+
+    line = json_line({"step": 3, "itm_accuracy": float("nan"), "loss": float("inf"), "lr": 1e-3})
+    assert json.loads(line) == {"step": 3, "itm_accuracy": None, "loss": None, "lr": 1e-3}
+    assert "NaN" not in line and "Infinity" not in line

@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vlalign.errors import ConfigError
+
+
+# Ranges, checked when the config loads (before any weights): a count that must be >= 1, >= 0, or a finite
+# float in a range. NaN / inf are refused everywhere: they train nothing and end as NaN weights.
+AtLeastOne = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+# AdamW's step size: above 1 every update overshoots any weight scale; 0 or below trains nothing (or ascends).
+LearningRate = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
 
 
 class Section(BaseModel):
@@ -30,12 +39,12 @@ class ModelConfig(Section):
     vision_feature_select: Literal["patch", "full"] = "patch"
     # CNN/timm towers: read this intermediate stage instead of the final features (None: final).
     vision_feature_stage: int | None = None
-    image_size: int | None = None  # None: the tower's own size
+    image_size: AtLeastOne | None = None  # None: the tower's own size
     image_aspect: Literal["pad", "resize", "crop"] = "pad"  # LLaVA-1.5 pads to square
     connector: str = "mlp2x_gelu"
     connector_options: dict[str, Any] = Field(default_factory=dict)
     image_token: str = "<image>"
-    max_length: int = 2048
+    max_length: AtLeastOne = 2048
     gradient_checkpointing: bool = False
     # Attention kernel for the LLM ("sdpa", "eager", "flash_attention_2", ...).
     attn_implementation: str = "sdpa"
@@ -48,15 +57,15 @@ class DataConfig(Section):
     format: Literal["plain", "chat"] = "plain"
     on_error: Literal["raise", "skip"] = "raise"
     group_by_length: bool = True
-    num_workers: int = 0
+    num_workers: NonNegative = 0
     system_prompt: str | None = None  # None: whatever the chat template adds by itself
     chat_template: str | None = None  # Jinja text or a file; None: the tokenizer's own template
 
 
 class LoraConfig(Section):
-    r: int = 64
-    alpha: int = 128
-    dropout: float = 0.05
+    r: AtLeastOne = 64
+    alpha: AtLeastOne = 128
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)] = 0.05
     target_modules: list[str] | str = "all-linear"
 
 
@@ -83,10 +92,10 @@ class TrainEvalConfig(Section):
     """Evaluation on the live model while it trains (`vlalign train` runs it; LoRA active, no second copy)."""
 
     benchmarks: list[BenchmarkSetConfig] = Field(default_factory=list)
-    every: int | None = None  # optimizer steps between evaluations; always after the last step
-    limit: int | None = 100  # first N questions of each benchmark (as `eval benchmarks --limit`)
-    batch_size: int = 8
-    max_new_tokens: int | None = None  # None: each benchmark's own
+    every: AtLeastOne | None = None  # optimizer steps between evaluations; always after the last step
+    limit: AtLeastOne | None = 100  # first N questions of each benchmark (as `eval benchmarks --limit`)
+    batch_size: AtLeastOne = 8
+    max_new_tokens: AtLeastOne | None = None  # None: each benchmark's own
 
 
 class TrainConfig(Section):
@@ -94,20 +103,24 @@ class TrainConfig(Section):
     output_dir: str = "runs/stage1"
     init_from: str | None = None  # a stage-1 checkpoint to start stage 2 from
     tune: TuneConfig = Field(default_factory=TuneConfig)
-    epochs: int = 1
-    max_steps: int | None = None  # optimizer steps; overrides epochs when set
-    batch_size: int = 8  # per process, per micro-step
-    grad_accum: int = 1
-    lr: float = 1e-3
-    vision_lr: float | None = None  # SEA-PRIME tunes the tower with 2e-6
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    max_grad_norm: float | None = 1.0
+    epochs: AtLeastOne = 1
+    max_steps: AtLeastOne | None = None  # optimizer steps; overrides epochs when set
+    batch_size: AtLeastOne = 8  # per process, per micro-step
+    grad_accum: AtLeastOne = 1
+    lr: LearningRate = 1e-3
+    vision_lr: LearningRate | None = None  # SEA-PRIME tunes the tower with 2e-6
+    weight_decay: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
+    warmup_ratio: Fraction = 0.03
+    max_grad_norm: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = 1.0
+    # A non-finite loss or gradient norm on any rank: stop before the update (naming step, records, terms), or
+    # skip that batch's update, count it, and stop after `max_nonfinite_in_a_row` such steps in a row.
+    on_nonfinite: Literal["stop", "skip_batch"] = "stop"
+    max_nonfinite_in_a_row: AtLeastOne = 5
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    seed: int = 0
-    log_every: int = 10
-    save_every: int | None = None  # optimizer steps between resumable checkpoints
-    keep_checkpoints: int = 2
+    seed: NonNegative = 0
+    log_every: AtLeastOne = 10
+    save_every: AtLeastOne | None = None  # optimizer steps between resumable checkpoints
+    keep_checkpoints: NonNegative = 2  # 0: keep every checkpoint
     eval: TrainEvalConfig = Field(default_factory=TrainEvalConfig)
 
 

@@ -15,6 +15,10 @@ class ModelSourceError(VlalignError):
     pass
 
 
+class TrainingError(VlalignError):
+    """A run that cannot go on without training on garbage (a non-finite loss or gradient)."""
+
+
 class DataError(VlalignError):
     """A record that cannot be used. `reason` is a short stable key used to count skips."""
 

@@ -24,7 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlalign.config import RunConfig, dump_config
-from vlalign.errors import ConfigError
+from vlalign.distributed import gather_objects
+from vlalign.errors import ConfigError, TrainingError
 from vlalign.files import publish_folder, staging_folder
 
 STATE_FILE = "trainer_state.json"
@@ -94,6 +95,12 @@ def save_checkpoint(target: str | Path, accelerator, *, model, objectives, confi
     `rank_state`: this rank's own counters (skips, truncations), stored beside its RNG state."""
     target = Path(target)
     gathered = _gathered_state(accelerator, wrapped)
+    weights = weights_to_save(model, objectives, gathered) if accelerator.is_main_process else {}
+    # Never publish non-finite weights as a checkpoint (every rank learns it, so none waits at a barrier).
+    bad = [name for name, tensor in weights.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    bad = [name for names in gather_objects([bad]) for name in names]
+    if bad:
+        raise TrainingError(f"not writing {target}: {len(bad)} weight tensors hold NaN or inf ({', '.join(bad[:3])})")
     staging = staging_folder(target)
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
@@ -103,7 +110,7 @@ def save_checkpoint(target: str | Path, accelerator, *, model, objectives, confi
     if resumable:
         torch.save({"rng": _rng_state(), **(rank_state or {})}, staging / f"rng_{accelerator.process_index}.pt")
     if accelerator.is_main_process:
-        save_file(weights_to_save(model, objectives, gathered), str(staging / WEIGHTS_FILE))
+        save_file(weights, str(staging / WEIGHTS_FILE))
         dump_config(config, staging / "config.yaml")
         model.tokenizer.save_pretrained(str(staging / "tokenizer"))
         if resumable:

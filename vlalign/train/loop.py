@@ -28,8 +28,8 @@ from vlalign.config import RunConfig, dump_config
 from vlalign.data.build import build_dataset
 from vlalign.data.dataset import Collator, LengthGroupedBatchSampler
 from vlalign.data.llava_json import SkipReport
-from vlalign.distributed import gather_objects, quiesce
-from vlalign.errors import ConfigError, DataError
+from vlalign.distributed import gather_objects, mean_over_ranks, quiesce
+from vlalign.errors import ConfigError, DataError, TrainingError
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.objectives import build_objectives, merged_forward_request, merged_sample_fields
 from vlalign.train import checkpoint as ckpt
@@ -77,15 +77,22 @@ class TrainState:
     batches_done: int = 0  # of the current epoch
     truncated: int = 0
     skips: SkipReport = field(default_factory=SkipReport)
+    nonfinite_skipped: int = 0  # updates skipped under train.on_nonfinite=skip_batch (all ranks agree)
+    nonfinite_in_a_row: int = 0
+    window_finite: object = True  # this rank's losses since the last update were all finite (a bool tensor)
+    window_records: list = field(default_factory=list)  # record ids since the last update, for the error
 
     def shared(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "batches_done": self.batches_done}
+        return {"step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
+                "nonfinite_skipped": self.nonfinite_skipped, "nonfinite_in_a_row": self.nonfinite_in_a_row}
 
     def rank_state(self) -> dict:
         return {"skips": list(self.skips.entries.items()), "truncated": self.truncated}
 
     def restore(self, shared: dict, rank_state: dict) -> None:
         self.step, self.epoch, self.batches_done = shared["step"], shared["epoch"], shared["batches_done"]
+        self.nonfinite_skipped = shared.get("nonfinite_skipped", 0)  # absent in checkpoints of older versions
+        self.nonfinite_in_a_row = shared.get("nonfinite_in_a_row", 0)
         self.skips.merge(SkipReport(entries=dict(rank_state["skips"])))
         self.truncated = rank_state["truncated"]
 
@@ -202,11 +209,19 @@ def _train_batch(run: Run, batch) -> None:
     with accelerator.accumulate(run.module):
         total, losses, metrics = run.module(batch)
         accelerator.backward(total)
-        if accelerator.sync_gradients and tc.max_grad_norm:
-            accelerator.clip_grad_norm_(run.module.parameters(), tc.max_grad_norm)
+        finite = torch.isfinite(total.detach())  # read once per update, not per micro-step (no extra sync)
+        state.window_finite = finite & state.window_finite
+        state.window_records += list(batch.record_ids)
+        if accelerator.sync_gradients:
+            # the norm is needed anyway for the guard; an infinite limit measures without clipping
+            norm = accelerator.clip_grad_norm_(run.module.parameters(), tc.max_grad_norm or math.inf)
+            if not _update_is_finite(run, losses, norm):
+                run.optimizer.zero_grad(set_to_none=True)
+                return
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
-    run.logger.accumulate(total, losses, metrics, len(batch))
+    if bool(finite):  # a non-finite micro-step's values never reach the logs (its update is refused above)
+        run.logger.accumulate(total, losses, metrics, len(batch))
     if not accelerator.sync_gradients:
         return
     run.scheduler.step()
@@ -219,6 +234,39 @@ def _train_batch(run: Run, batch) -> None:
         if accelerator.is_main_process:
             ckpt.prune_checkpoints(run.output_dir, tc.keep_checkpoints)
         ckpt.fault_point(f"after_step_{state.step}")
+
+
+def _update_is_finite(run: Run, losses: dict, norm) -> bool:
+    """The non-finite guard, before an update: every loss since the last update and the gradient norm finite on
+    every rank (all ranks agree, one collective). Otherwise stop with the step, records and terms, or (skip_batch)
+    skip this update, count it, and stop after `max_nonfinite_in_a_row` skips in a row."""
+    state, tc, accelerator = run.state, run.config.train, run.accelerator
+    # Under fp16 the GradScaler skips steps with overflowing gradients by design; only the loss is judged there.
+    # DeepSpeed clips inside its engine and may report no norm.
+    norm_ok = tc.mixed_precision == "fp16" or norm is None or bool(torch.isfinite(torch.as_tensor(norm)))
+    local_ok = bool(state.window_finite) and norm_ok
+    everywhere_ok = mean_over_ranks([float(local_ok)], accelerator.device)[0] == 1.0
+    records, state.window_finite, state.window_records = state.window_records, True, []
+    if everywhere_ok:
+        state.nonfinite_in_a_row = 0
+        return True
+    mine = None if local_ok else (records, {name: float(value) for name, value in losses.items()},
+                                  None if norm is None else float(norm))
+    rank, (bad_records, terms, bad_norm) = next((rank, found) for rank, found in enumerate(gather_objects([mine]))
+                                                if found)
+    what = (f"non-finite loss or gradient before update {state.step + 1} (rank {rank}: loss terms "
+            f"{terms}, gradient norm {bad_norm}; records {bad_records})")
+    if tc.on_nonfinite == "stop":
+        raise TrainingError(f"{what}; nothing was updated. Lower train.lr, check those records, or set "
+                            f"train.on_nonfinite=skip_batch")
+    state.nonfinite_skipped += 1
+    state.nonfinite_in_a_row += 1
+    if state.nonfinite_in_a_row >= tc.max_nonfinite_in_a_row:
+        raise TrainingError(f"{what}; {state.nonfinite_in_a_row} updates in a row were non-finite "
+                            f"(train.max_nonfinite_in_a_row), stopping")
+    if accelerator.is_main_process:
+        run.logger.bar.write(f"[vlalign] skipped: {what} ({state.nonfinite_skipped} skipped so far)")
+    return False
 
 
 @contextlib.contextmanager
@@ -329,7 +377,10 @@ def _report_data(run: Run) -> None:
     for rank_skips, rank_truncated in gather_objects([(run.state.skips, run.state.truncated)]):
         total.merge(rank_skips)
         all_truncated += rank_truncated
-    run.accelerator.print(f"[vlalign] {total.summary()}; {all_truncated} samples truncated")
+    nonfinite = run.state.nonfinite_skipped
+    run.accelerator.print(f"[vlalign] {total.summary()}; {all_truncated} samples truncated"
+                          + (f"; {nonfinite} updates skipped for a non-finite loss or gradient" if nonfinite else ""))
     if run.accelerator.is_main_process:
         (run.output_dir / "data_report.json").write_text(json.dumps(
-            {"skipped": dict(total.counts), "skip_examples": total.examples, "truncated": all_truncated}, indent=2))
+            {"skipped": dict(total.counts), "skip_examples": total.examples, "truncated": all_truncated,
+             "nonfinite_updates_skipped": nonfinite}, indent=2))

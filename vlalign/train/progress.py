@@ -7,12 +7,20 @@ without an accelerator it logs one process's values and writes no TensorBoard ev
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from vlalign.distributed import mean_over_ranks
+
+
+def json_line(row: dict) -> str:
+    """One metrics.jsonl row that every JSON reader takes: a non-finite value (an ITM accuracy with no pair to
+    score, say) is written as null, never as the bare NaN / Infinity that Python's json would emit."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
 
 
 class StepLogger:
@@ -59,7 +67,7 @@ class StepLogger:
             self.accelerator.log(averages, step=step)
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in averages.items() if k != "lr"})
         if self.metrics_file is not None:
-            self.metrics_file.write(json.dumps({"step": step, **averages}) + "\n")
+            self.metrics_file.write(json_line({"step": step, **averages}))
             self.metrics_file.flush()
         self.sums, self.count, self.samples = {}, 0, 0
         self.window_start = time.perf_counter()
@@ -73,7 +81,7 @@ class StepLogger:
         if self.accelerator is None or self.accelerator.is_main_process:
             self.bar.write(f"[step {step}] " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
         if self.metrics_file is not None:
-            self.metrics_file.write(json.dumps({"step": step, **values}, allow_nan=False) + "\n")
+            self.metrics_file.write(json_line({"step": step, **values}))
             self.metrics_file.flush()
 
     def close(self) -> None:

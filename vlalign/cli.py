@@ -29,7 +29,7 @@ def cmd_train(args) -> None:
     config = load_config(args.config, args.overrides)
     resume = True if args.resume == "latest" else args.resume
     hook = training_eval_hook(config)  # train.eval: benchmarks read and checked before training starts
-    train(config, resume=resume, step_hooks=(hook,) if hook else ())
+    train(config, resume=resume, step_hooks=(hook,) if hook else (), overwrite=args.overwrite)
 
 
 def cmd_info(args) -> None:
@@ -119,6 +119,9 @@ def _add_training_commands(commands) -> None:
     _add_config_args(train)
     train.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                        help="resume from the latest checkpoint in train.output_dir, or from CHECKPOINT")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start afresh in a train.output_dir that holds another run; its files are moved into "
+                            "replaced-<time>/ there, not deleted")
     train.set_defaults(func=cmd_train)
 
     info = commands.add_parser("info", help="print the resolved config and parameter counts")

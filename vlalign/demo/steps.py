@@ -33,7 +33,11 @@ def training_precision() -> str:
 def train_stage(preset_file: str, patches: list[dict]) -> tuple[Path, float]:
     """One training stage from a preset in configs/ and the run's patches; (final checkpoint, seconds)."""
     started = time.perf_counter()
-    final = train(load_config(CONFIGS / preset_file, patches=patches))
+    config = load_config(CONFIGS / preset_file, patches=patches)
+    # The demo owns its stage folders and retrains a stage from scratch on every call (it never resumes one):
+    # an earlier call's files there are its own earlier result, replaced.
+    shutil.rmtree(config.train.output_dir, ignore_errors=True)
+    final = train(config)
     return final, time.perf_counter() - started
 
 

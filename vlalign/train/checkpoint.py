@@ -27,6 +27,7 @@ from vlalign.config import RunConfig, dump_config
 from vlalign.distributed import gather_objects
 from vlalign.errors import ConfigError, TrainingError
 from vlalign.files import publish_folder, staging_folder
+from vlalign.train.run_folder import run_id_of
 
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -139,19 +140,26 @@ def is_complete(folder: Path) -> bool:
     return (folder / STATE_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
+def complete_checkpoints(output_dir: str | Path, run_id: str | None = None) -> list[Path]:
+    """Complete `checkpoint-<step>` folders, oldest first; with `run_id`, only that run's (and those written
+    before checkpoints carried a run id)."""
     found = []
     for folder in Path(output_dir).glob("checkpoint-*"):
         match = CHECKPOINT_PATTERN.match(folder.name)
-        if match and is_complete(folder):
+        if match and is_complete(folder) and (run_id is None or run_id_of(folder) in (run_id, None)):
             found.append((int(match.group(1)), folder))
-    return max(found)[1] if found else None
+    return [folder for _, folder in sorted(found)]
 
 
-def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
-    found = sorted((int(m.group(1)), f) for f in Path(output_dir).glob("checkpoint-*")
-                   if (m := CHECKPOINT_PATTERN.match(f.name)) and is_complete(f))
-    for _, folder in found[:-keep] if keep > 0 else []:
+def latest_checkpoint(output_dir: str | Path, run_id: str | None = None) -> Path | None:
+    found = complete_checkpoints(output_dir, run_id)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int, run_id: str | None = None) -> None:
+    """Delete all but the newest `keep` complete checkpoints (of `run_id` only, when given)."""
+    found = complete_checkpoints(output_dir, run_id)
+    for folder in found[:-keep] if keep > 0 else []:
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -192,6 +200,10 @@ def _load_named(module, state: dict, folder: Path) -> None:
 def restore_training_state(folder: str | Path, accelerator, optimizer, scheduler) -> tuple[dict, dict]:
     """Restores optimizer, scheduler and this rank's RNG; returns (shared state, this rank's counters)."""
     folder = Path(folder)
+    missing = [name for name in ("optimizer.pt", "scheduler.pt") if not (folder / name).is_file()]
+    if missing:
+        raise ConfigError(f"--resume {folder}: it holds weights but no {' / '.join(missing)} (a final or exported "
+                          f"model, not a resumable checkpoint-<step>); start a new run with train.init_from={folder}")
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=False))
     rng_file = folder / f"rng_{accelerator.process_index}.pt"

@@ -30,9 +30,11 @@ from vlalign.data.dataset import Collator, LengthGroupedBatchSampler
 from vlalign.data.llava_json import SkipReport
 from vlalign.distributed import gather_objects, mean_over_ranks, quiesce
 from vlalign.errors import ConfigError, DataError, TrainingError
+from vlalign.files import write_file_atomically
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.objectives import build_objectives, merged_forward_request, merged_sample_fields
 from vlalign.train import checkpoint as ckpt
+from vlalign.train import run_folder
 from vlalign.train.checks import check_config
 from vlalign.train.optim import build_optimizer, build_scheduler
 from vlalign.train.progress import StepLogger
@@ -112,6 +114,7 @@ class Run:
     recipe: dict
     total_steps: int
     load_skips: SkipReport  # met while reading the data file: recounted identically by every start and rank
+    run_id: str  # vlalign.train.run_folder: the checkpoints this run may resume or prune
     state: TrainState = field(default_factory=TrainState)
     logger: StepLogger | None = None
     step_hooks: tuple = ()
@@ -127,10 +130,13 @@ class Run:
 StepHook = Callable[[VisionLanguageModel, RunConfig, int, int], dict]
 
 
-def train(config: RunConfig, resume: bool | str | None = None, step_hooks: tuple[StepHook, ...] = ()) -> Path:
-    """Runs one stage; returns the folder of its final checkpoint."""
+def train(config: RunConfig, resume: bool | str | None = None, step_hooks: tuple[StepHook, ...] = (),
+          overwrite: bool = False) -> Path:
+    """Runs one stage; returns the folder of its final checkpoint. `resume`: True (the folder's newest complete
+    checkpoint) or a checkpoint folder. `overwrite`: start afresh in a folder that holds another run, whose files
+    are moved aside (vlalign.train.run_folder)."""
     check_config(config)  # before any weights load
-    run = _start(config, resume)
+    run = _start(config, resume, overwrite)
     run.step_hooks = tuple(step_hooks)
     try:
         while run.state.step < run.total_steps:
@@ -140,13 +146,14 @@ def train(config: RunConfig, resume: bool | str | None = None, step_hooks: tuple
     return _finish(run)
 
 
-def _start(config: RunConfig, resume) -> Run:
+def _start(config: RunConfig, resume, overwrite: bool) -> Run:
     tc = config.train
     output_dir = Path(tc.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     accelerator = _make_accelerator(tc, output_dir)
-    resume_from = _resume_folder(resume, output_dir)
-    if resume_from is not None and accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
+    run_id = _claim_folder(accelerator, output_dir, resume, overwrite)
+    resume_from = _resume_candidates(resume, output_dir, run_id)
+    if resume_from and accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
         raise ConfigError("--resume under DeepSpeed/FSDP is not supported yet (optimizer state is sharded); "
                           "resume with DDP or a single process")
     set_seed(tc.seed, device_specific=True)  # own dropout stream per rank; DDP syncs the init
@@ -160,10 +167,11 @@ def _start(config: RunConfig, resume) -> Run:
     total_steps = tc.max_steps or tc.epochs * max(1, math.ceil(len(loader) / tc.grad_accum))
     scheduler = build_scheduler(getattr(optimizer, "optimizer", optimizer), tc.warmup_ratio, total_steps)
     run = Run(config, output_dir, accelerator, module, optimizer, scheduler, loader, sampler, recipe, total_steps,
-              load_skips)
-    if resume_from is not None:
+              load_skips, run_id)
+    if resume_from:
         _restore(run, resume_from)
     if accelerator.is_main_process:
+        _drop_metrics_after(output_dir / "metrics.jsonl", run.state.step)  # a resumed run rewrites later rows
         dump_config(config, output_dir / "config.yaml")
     accelerator.init_trackers("tensorboard")
     run.logger = StepLogger(accelerator, output_dir, total_steps, run.state.step)
@@ -171,9 +179,58 @@ def _start(config: RunConfig, resume) -> Run:
     return run
 
 
-def _restore(run: Run, folder: Path) -> None:
-    shared, rank_state = ckpt.restore_training_state(folder, run.accelerator, run.optimizer, run.scheduler)
-    ckpt.load_weights(folder, run.unwrapped.model, run.unwrapped.objectives)
+def _claim_folder(accelerator, output_dir: Path, resume, overwrite: bool) -> str:
+    """The main process claims the folder (run_folder.claim); every rank gets the run id or the same error."""
+    outcome = None
+    if accelerator.is_main_process:
+        try:
+            run_id, moved = run_folder.claim(output_dir, bool(resume), overwrite)
+            outcome = ("ok", run_id)
+            if moved:
+                print(f"[vlalign] moved the earlier run's {len(moved)} files and folders aside into "
+                      f"{moved[0].parent}")
+        except ConfigError as error:
+            outcome = ("error", str(error))
+    kind, value = next(found for found in gather_objects([outcome]) if found is not None)
+    if kind == "error":
+        raise ConfigError(value)
+    return value
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """metrics.jsonl keeps the rows up to `step` (a resumed run logs the later steps again); a torn last line
+    from a kill is dropped too."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except ValueError:
+            continue
+    write_file_atomically(path, "".join(line + "\n" for line in kept))
+
+
+def _restore(run: Run, candidates: list[Path]) -> None:
+    """From the newest candidate that loads on every rank; a corrupt one is named and the previous one tried."""
+    for index, folder in enumerate(candidates):
+        problem = None
+        try:
+            shared, rank_state = ckpt.restore_training_state(folder, run.accelerator, run.optimizer, run.scheduler)
+            ckpt.load_weights(folder, run.unwrapped.model, run.unwrapped.objectives)
+        except ConfigError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any unreadable file: name it, fall back
+            problem = f"{type(error).__name__}: {str(error)[:200]}"
+        problems = [found for found in gather_objects([problem]) if found]  # every rank falls back together
+        if not problems:
+            break
+        if index == len(candidates) - 1:
+            raise ConfigError(f"--resume: no checkpoint in {run.output_dir} loads; the last one tried, {folder}, "
+                              f"fails with {problems[0]}")
+        run.accelerator.print(f"[vlalign] warning: checkpoint {folder} is unreadable ({problems[0]}); "
+                              f"trying the previous one, {candidates[index + 1].name}")
     run.state.restore(shared, rank_state)
     state = run.state
     run.accelerator.print(f"[vlalign] resumed from {folder} at step {state.step} (epoch {state.epoch}, "
@@ -232,7 +289,7 @@ def _train_batch(run: Run, batch) -> None:
     if tc.save_every and state.step % tc.save_every == 0 and state.step < run.total_steps:
         _save(run, run.output_dir / f"checkpoint-{state.step:06d}", resumable=True)
         if accelerator.is_main_process:
-            ckpt.prune_checkpoints(run.output_dir, tc.keep_checkpoints)
+            ckpt.prune_checkpoints(run.output_dir, tc.keep_checkpoints, run.run_id)
         ckpt.fault_point(f"after_step_{state.step}")
 
 
@@ -300,7 +357,7 @@ def _run_step_hooks(run: Run) -> None:
 
 def _save(run: Run, folder: Path, resumable: bool) -> Path:
     state = {**run.state.shared(), "stage": run.config.train.stage, "recipe": run.recipe,
-             "total_steps": run.total_steps}
+             "total_steps": run.total_steps, "run_id": run.run_id}
     extra = {"optimizer": run.optimizer, "scheduler": run.scheduler} if resumable else {}
     unwrapped = run.unwrapped
     return ckpt.save_checkpoint(folder, run.accelerator, model=unwrapped.model, objectives=unwrapped.objectives,
@@ -319,16 +376,24 @@ def _finish(run: Run) -> Path:
     return final
 
 
-def _resume_folder(resume, output_dir: Path) -> Path | None:
+def _resume_candidates(resume, output_dir: Path, run_id: str) -> list[Path]:
+    """Checkpoints to resume from, newest first (the older ones are the fallback if the newest is corrupt)."""
     if not resume:
-        return None
-    folder = ckpt.latest_checkpoint(output_dir) if resume is True else Path(resume)
-    if folder is None:
-        print(f"[vlalign] --resume: no complete checkpoint in {output_dir}; starting from scratch")
-        return None
-    if not ckpt.is_complete(folder):
-        raise ConfigError(f"--resume {folder}: not a complete checkpoint")
-    return folder
+        return []
+    if resume is not True:
+        folder = Path(resume)
+        if not ckpt.is_complete(folder):
+            raise ConfigError(f"--resume {folder}: not a complete checkpoint")
+        return [folder]
+    found = ckpt.complete_checkpoints(output_dir, run_id)[::-1]
+    if found:
+        return found
+    if ckpt.is_complete(output_dir / "final"):
+        raise ConfigError(f"--resume: the run in {output_dir} has finished (final/ is written) and keeps no "
+                          f"resumable checkpoint; to train further, start a new run with "
+                          f"train.init_from={output_dir / 'final'}")
+    print(f"[vlalign] --resume: no complete checkpoint in {output_dir}; starting from scratch")
+    return []
 
 
 def _make_accelerator(tc, output_dir: Path):

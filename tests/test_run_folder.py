@@ -85,3 +85,46 @@ def test_resume_of_a_finished_run_or_of_final_is_a_clear_error(tiny_config, tmp_
         train(tiny_config(1, *settings), resume=True)
     with pytest.raises(ConfigError, match=r"final: it holds weights but no optimizer.pt / scheduler.pt .*init_from"):
         train(tiny_config(1, *settings), resume=str(final))
+
+
+def _interrupted_after_step_2(tiny_config, out: Path, *settings) -> None:
+    """A run of 4 steps whose files look as if it was killed right after its step-2 checkpoint."""
+    train(tiny_config(1, "train.max_steps=4", "train.save_every=2", "train.keep_checkpoints=0",
+                      f"train.output_dir={out}", *settings))
+    shutil.rmtree(out / "final")
+
+
+def test_resume_refuses_changes_that_break_exactness_and_applies_an_lr_change_only_when_allowed(tiny_config,
+                                                                                              tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ("train.max_steps=4", "train.save_every=2", "train.keep_checkpoints=0", f"train.output_dir={out}",
+            "train.warmup_ratio=0")
+    _interrupted_after_step_2(tiny_config, out, "train.warmup_ratio=0")
+    with pytest.raises(ConfigError, match=r"would break its exact continuation: train.batch_size: 4 -> 2; "
+                                          r"train.seed: 0 -> 1\."):
+        train(tiny_config(1, *base, "train.batch_size=2", "train.seed=1"), resume=True)
+    with pytest.raises(ConfigError, match=r"learning-rate schedule differs .*train.lr: 0.001 -> 0.0005.*--allow-changes"):
+        train(tiny_config(1, *base, "train.lr=5e-4"), resume=True)
+
+    capsys.readouterr()
+    final = train(tiny_config(1, *base, "train.lr=5e-4"), resume=True, allow_changes=True)
+    assert "applies a changed setting: train.lr: 0.001 -> 0.0005" in capsys.readouterr().out
+    assert "lr: 0.0005" in (final / "config.yaml").read_text()  # final/config.yaml tells the truth
+    state = json.loads((final / ckpt.STATE_FILE).read_text())
+    assert state["config_changes"] == [{"step": 2, "changes": ["train.lr: 0.001 -> 0.0005"]}]
+    # the new rate took effect from step 3 on: the same rates as a run at 5e-4 from the start
+    straight = train(tiny_config(1, *base[:3], f"train.output_dir={tmp_path / 'straight'}", "train.warmup_ratio=0",
+                                 "train.lr=5e-4"))
+    rates = {name: [row["lr"] for row in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())]
+             for name, folder in (("resumed", out), ("straight", straight.parent))}
+    assert rates["resumed"][2:] == rates["straight"][2:] and rates["resumed"][1] != rates["straight"][1]
+
+
+def test_resume_applies_a_longer_run_and_says_so(tiny_config, tmp_path, capsys):
+    out = tmp_path / "run"
+    _interrupted_after_step_2(tiny_config, out)
+    capsys.readouterr()
+    final = train(tiny_config(1, "train.max_steps=5", "train.save_every=2", "train.keep_checkpoints=0",
+                              f"train.output_dir={out}"), resume=True)
+    assert "applies a changed setting: train.max_steps: 4 -> 5" in capsys.readouterr().out
+    assert json.loads((final / ckpt.STATE_FILE).read_text())["step"] == 5

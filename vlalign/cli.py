@@ -29,7 +29,8 @@ def cmd_train(args) -> None:
     config = load_config(args.config, args.overrides)
     resume = True if args.resume == "latest" else args.resume
     hook = training_eval_hook(config)  # train.eval: benchmarks read and checked before training starts
-    train(config, resume=resume, step_hooks=(hook,) if hook else (), overwrite=args.overwrite)
+    train(config, resume=resume, step_hooks=(hook,) if hook else (), overwrite=args.overwrite,
+          allow_changes=args.allow_changes)
 
 
 def cmd_info(args) -> None:
@@ -122,6 +123,9 @@ def _add_training_commands(commands) -> None:
     train.add_argument("--overwrite", action="store_true",
                        help="start afresh in a train.output_dir that holds another run; its files are moved into "
                             "replaced-<time>/ there, not deleted")
+    train.add_argument("--allow-changes", action="store_true",
+                       help="with --resume: apply a changed learning-rate schedule (lr, vision_lr, warmup_ratio, "
+                            "weight_decay, max_grad_norm) from the resumed step on; it is recorded")
     train.set_defaults(func=cmd_train)
 
     info = commands.add_parser("info", help="print the resolved config and parameter counts")

@@ -36,7 +36,8 @@ from vlalign.objectives import build_objectives, merged_forward_request, merged_
 from vlalign.train import checkpoint as ckpt
 from vlalign.train import run_folder
 from vlalign.train.checks import check_config
-from vlalign.train.optim import build_optimizer, build_scheduler
+from vlalign.train.optim import build_optimizer, build_scheduler, hyperparameters, reapply_hyperparameters
+from vlalign.train.resume_changes import config_changes
 from vlalign.train.progress import StepLogger
 from vlalign.train.stages import apply_tune, format_parameter_table, keep_frozen_in_eval, parameter_table
 
@@ -81,12 +82,14 @@ class TrainState:
     skips: SkipReport = field(default_factory=SkipReport)
     nonfinite_skipped: int = 0  # updates skipped under train.on_nonfinite=skip_batch (all ranks agree)
     nonfinite_in_a_row: int = 0
+    config_changes: list = field(default_factory=list)  # settings changed by resumes: [{step, changes}]
     window_finite: object = True  # this rank's losses since the last update were all finite (a bool tensor)
     window_records: list = field(default_factory=list)  # record ids since the last update, for the error
 
     def shared(self) -> dict:
         return {"step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
-                "nonfinite_skipped": self.nonfinite_skipped, "nonfinite_in_a_row": self.nonfinite_in_a_row}
+                "nonfinite_skipped": self.nonfinite_skipped, "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                "config_changes": self.config_changes}
 
     def rank_state(self) -> dict:
         return {"skips": list(self.skips.entries.items()), "truncated": self.truncated}
@@ -95,6 +98,7 @@ class TrainState:
         self.step, self.epoch, self.batches_done = shared["step"], shared["epoch"], shared["batches_done"]
         self.nonfinite_skipped = shared.get("nonfinite_skipped", 0)  # absent in checkpoints of older versions
         self.nonfinite_in_a_row = shared.get("nonfinite_in_a_row", 0)
+        self.config_changes = list(shared.get("config_changes", []))
         self.skips.merge(SkipReport(entries=dict(rank_state["skips"])))
         self.truncated = rank_state["truncated"]
 
@@ -131,12 +135,13 @@ StepHook = Callable[[VisionLanguageModel, RunConfig, int, int], dict]
 
 
 def train(config: RunConfig, resume: bool | str | None = None, step_hooks: tuple[StepHook, ...] = (),
-          overwrite: bool = False) -> Path:
+          overwrite: bool = False, allow_changes: bool = False) -> Path:
     """Runs one stage; returns the folder of its final checkpoint. `resume`: True (the folder's newest complete
-    checkpoint) or a checkpoint folder. `overwrite`: start afresh in a folder that holds another run, whose files
+    checkpoint) or a checkpoint folder; `allow_changes`: apply a changed learning-rate schedule on resume
+    (vlalign.train.resume_changes). `overwrite`: start afresh in a folder that holds another run, whose files
     are moved aside (vlalign.train.run_folder)."""
     check_config(config)  # before any weights load
-    run = _start(config, resume, overwrite)
+    run = _start(config, resume, overwrite, allow_changes)
     run.step_hooks = tuple(step_hooks)
     try:
         while run.state.step < run.total_steps:
@@ -146,13 +151,16 @@ def train(config: RunConfig, resume: bool | str | None = None, step_hooks: tuple
     return _finish(run)
 
 
-def _start(config: RunConfig, resume, overwrite: bool) -> Run:
+def _start(config: RunConfig, resume, overwrite: bool, allow_changes: bool) -> Run:
     tc = config.train
     output_dir = Path(tc.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     accelerator = _make_accelerator(tc, output_dir)
     run_id = _claim_folder(accelerator, output_dir, resume, overwrite)
     resume_from = _resume_candidates(resume, output_dir, run_id)
+    changes = config_changes(resume_from[0], config, allow_changes) if resume_from else []
+    for line in changes:
+        accelerator.print(f"[vlalign] --resume applies a changed setting: {line}")
     if resume_from and accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
         raise ConfigError("--resume under DeepSpeed/FSDP is not supported yet (optimizer state is sharded); "
                           "resume with DDP or a single process")
@@ -170,6 +178,8 @@ def _start(config: RunConfig, resume, overwrite: bool) -> Run:
               load_skips, run_id)
     if resume_from:
         _restore(run, resume_from)
+        if changes:
+            run.state.config_changes.append({"step": run.state.step, "changes": changes})
     if accelerator.is_main_process:
         _drop_metrics_after(output_dir / "metrics.jsonl", run.state.step)  # a resumed run rewrites later rows
         dump_config(config, output_dir / "config.yaml")
@@ -214,6 +224,7 @@ def _drop_metrics_after(path: Path, step: int) -> None:
 
 def _restore(run: Run, candidates: list[Path]) -> None:
     """From the newest candidate that loads on every rank; a corrupt one is named and the previous one tried."""
+    configured = hyperparameters(run.optimizer)
     for index, folder in enumerate(candidates):
         problem = None
         try:
@@ -232,6 +243,7 @@ def _restore(run: Run, candidates: list[Path]) -> None:
         run.accelerator.print(f"[vlalign] warning: checkpoint {folder} is unreadable ({problems[0]}); "
                               f"trying the previous one, {candidates[index + 1].name}")
     run.state.restore(shared, rank_state)
+    reapply_hyperparameters(run.optimizer, run.scheduler, configured)
     state = run.state
     run.accelerator.print(f"[vlalign] resumed from {folder} at step {state.step} (epoch {state.epoch}, "
                           f"batch {state.batches_done})")

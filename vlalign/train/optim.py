@@ -36,3 +36,21 @@ def build_scheduler(optimizer, warmup_ratio: float, total_steps: int):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def hyperparameters(optimizer) -> list[dict]:
+    """Each parameter group's configured lr and weight decay, as built (before any state is restored)."""
+    return [{"lr": group["lr"], "weight_decay": group["weight_decay"]} for group in optimizer.param_groups]
+
+
+def reapply_hyperparameters(optimizer, scheduler, configured: list[dict]) -> None:
+    """After a restore: the configured lr and weight decay replace the restored ones (which `load_state_dict`
+    brings back from the checkpoint), and the schedule continues from its restored position with them. With an
+    unchanged config this recomputes exactly the restored values."""
+    groups = optimizer.param_groups
+    if len(configured) != len(groups):
+        raise ValueError(f"the optimizer has {len(groups)} parameter groups, the config builds {len(configured)}")
+    scheduler.base_lrs = [values["lr"] for values in configured]
+    for group, values, factor in zip(groups, configured, scheduler.lr_lambdas):
+        group["initial_lr"], group["weight_decay"] = values["lr"], values["weight_decay"]
+        group["lr"] = values["lr"] * factor(scheduler.last_epoch)

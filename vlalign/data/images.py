@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlalign.data.image_files import load_image
+from vlalign.data.image_files import load_image, rgb_or_rgba
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageTransform", "load_image"]
 
@@ -29,13 +29,26 @@ class ImageTransform:
         self.std = np.asarray(std, dtype=np.float32)
         self.aspect = aspect
 
+    @property
+    def fill(self) -> tuple[int, int, int]:
+        # LLaVA-1.5's expand2square (and transformers' LlavaImageProcessor) truncate: int(mean * 255)
+        return tuple(int(c * 255) for c in self.mean)
+
+    def _opaque(self, image: Image.Image) -> Image.Image:
+        """Any mode as RGB; transparent parts shown on the fill colour that padding uses (not black, which is
+        what dropping the alpha channel shows: the colour a transparent pixel happens to store)."""
+        image = rgb_or_rgba(image)
+        if image.mode == "RGB":
+            return image
+        canvas = Image.new("RGB", image.size, self.fill)
+        canvas.paste(image, mask=image.getchannel("A"))
+        return canvas
+
     def _square(self, image: Image.Image) -> Image.Image:
         width, height = image.size
         if self.aspect == "pad" and width != height:
             side = max(width, height)
-            # LLaVA-1.5's expand2square (and transformers' LlavaImageProcessor) truncate: int(mean * 255)
-            fill = tuple(int(c * 255) for c in self.mean)
-            canvas = Image.new("RGB", (side, side), fill)
+            canvas = Image.new("RGB", (side, side), self.fill)
             canvas.paste(image, ((side - width) // 2, (side - height) // 2))
             return canvas
         if self.aspect == "crop" and width != height:
@@ -45,7 +58,7 @@ class ImageTransform:
         return image
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = self._square(image.convert("RGB"))
+        image = self._square(self._opaque(image))
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
         array = np.asarray(image, dtype=np.float32) / 255.0

@@ -62,7 +62,10 @@ MODELING_PARTS = (
     Part(vlm, "VisionLanguageModel", keep=("num_visual_tokens", "encode_images", "encode_images_with_aux", "embed"),
          header="class VisionLanguageSplice:  # VisionLanguageModel's splice, mixed into the transformers model"),
 )
-IMAGE_PROCESSING_PARTS = (Part(image_files, "load_image"), Part(images, "ImageTransform"))
+IMAGE_PROCESSING_PARTS = (
+    *(Part(image_files, name) for name in ("DECODE_ERRORS", "_truncation_is_an_error", "ALPHA_MODES",
+                                           "_greyscale_to_8bit", "rgb_or_rgba", "_decode", "load_image")),
+    Part(images, "ImageTransform"))
 
 
 def _member_name(node: ast.stmt) -> str | None:

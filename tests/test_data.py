@@ -232,5 +232,5 @@ def test_square_input_and_non_rgb_modes(tmp_path):
     assert torch.allclose(out[:, 12, 12], _normalised((128, 128, 128)), atol=1e-4)
     rgba = Image.new("RGBA", (20, 10), (0, 0, 255, 255))
     rgba.save(tmp_path / "a.png")
-    assert load_image(tmp_path / "a.png").mode == "RGB"
+    assert load_image(tmp_path / "a.png").mode == "RGBA"  # the transform composites transparency (test_image_modes)
     assert ImageTransform(16, MEAN, STD, "pad")(load_image(tmp_path / "a.png")).shape == (3, 16, 16)

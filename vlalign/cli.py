@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from vlalign.arguments import number
 from vlalign.errors import VlalignError
 
 
@@ -55,10 +56,15 @@ def cmd_info(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from vlalign.generate import answer, load_checkpoint_model
+    from vlalign.config import load_config
+    from vlalign.generate import answer, check_prompt, load_checkpoint_model, read_image, resolve_checkpoint
 
+    # Inputs first: a bad image or prompt is reported before seconds (or minutes) of model loading.
+    image = read_image(args.image) if args.image is not None else None
+    check_prompt(args.prompt, load_config(resolve_checkpoint(args.checkpoint) / "config.yaml").model.image_token,
+                 image is not None)
     model, config = load_checkpoint_model(args.checkpoint)
-    text = answer(model, config, args.image, args.prompt, max_new_tokens=args.max_new_tokens,
+    text = answer(model, config, image, args.prompt, max_new_tokens=args.max_new_tokens,
                   do_sample=args.sample, temperature=args.temperature, top_p=args.top_p)
     print(text)
 
@@ -136,10 +142,10 @@ def _add_training_commands(commands) -> None:
     generate.add_argument("--checkpoint", required=True)
     generate.add_argument("--image", default=None, help="image file (omit for a text-only prompt)")
     generate.add_argument("--prompt", default="")
-    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--max-new-tokens", type=number(int, minimum=1), default=64)
     generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    generate.add_argument("--temperature", type=float, default=0.7)
-    generate.add_argument("--top-p", type=float, default=0.9)
+    generate.add_argument("--temperature", type=number(float, above=0.0), default=0.7)
+    generate.add_argument("--top-p", type=number(float, above=0.0, maximum=1.0), default=0.9)
     generate.set_defaults(func=cmd_generate)
 
 
@@ -153,8 +159,8 @@ def _add_data_commands(commands) -> None:
     data_commands = data.add_subparsers(dest="data_command", required=True)
     toy = data_commands.add_parser("toy", help="small coloured-shapes LLaVA-JSON set (stage 1 + stage 2)")
     toy.add_argument("--out", required=True)
-    toy.add_argument("--n", type=int, default=64)
-    toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--n", type=number(int, minimum=1), default=64)
+    toy.add_argument("--seed", type=number(int, minimum=0), default=0)
     toy.set_defaults(func=cmd_data_toy)
     shapes = data_commands.add_parser("shapes", help="the synthetic shapes world: train/test sets with ground truth")
     add_shapes_arguments(shapes)
@@ -179,14 +185,14 @@ def _add_eval_commands(commands) -> None:
     alignment.add_argument("--image-root", default=None,
                            help="folder the records' image paths are relative to (default: the data file's "
                                 "folder or its parent, whichever holds the first image)")
-    alignment.add_argument("--limit", type=int, default=1000, help="at most this many pairs")
-    alignment.add_argument("--batch-size", type=int, default=16)
+    alignment.add_argument("--limit", type=number(int, minimum=1), default=1000, help="at most this many pairs")
+    alignment.add_argument("--batch-size", type=number(int, minimum=1), default=16)
     alignment.add_argument("--words", default=None,
                            help="candidate words for the probe, one per line (default: the shapes world's "
                                 "vocabulary when present, else the captions' words)")
     alignment.add_argument("--no-prompt", action="store_true",
                            help="EOS embeddings without Ak et al.'s 'This sentence: ... means:' prompts")
-    alignment.add_argument("--examples", type=int, default=2, help="images drawn with recalled words / heatmaps")
+    alignment.add_argument("--examples", type=number(int, minimum=1), default=2, help="images drawn with recalled words / heatmaps")
     alignment.set_defaults(func=cmd_eval_alignment)
     _add_benchmark_commands(eval_commands)
 
@@ -206,9 +212,9 @@ def _add_benchmark_commands(eval_commands) -> None:
     benchmarks.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
     common(benchmarks, "--data", "the benchmark's own files, or its `datasets` save / parquet")
     benchmarks.add_argument("--image-root", default=None, help="folder of the images (default: the data's folder)")
-    benchmarks.add_argument("--limit", type=int, default=None, help="only the first N questions (as lmms-eval)")
-    benchmarks.add_argument("--batch-size", type=int, default=8)
-    benchmarks.add_argument("--max-new-tokens", type=int, default=None,
+    benchmarks.add_argument("--limit", type=number(int, minimum=1), default=None, help="only the first N questions (as lmms-eval)")
+    benchmarks.add_argument("--batch-size", type=number(int, minimum=1), default=8)
+    benchmarks.add_argument("--max-new-tokens", type=number(int, minimum=1), default=None,
                             help="default: the benchmark's (LLaVA-1.5 / lmms-eval)")
     benchmarks.add_argument("--blank-images", action="store_true",
                             help="replace every image by a blank one (the text-only baseline)")
@@ -241,7 +247,7 @@ def _add_demo_command(commands) -> None:
                       help="comma-separated objective runs to train and compare, or 'all' (default: generative); "
                            "runs of earlier calls into the same --out are kept in the report. Choices: "
                            + ", ".join(RECIPES))
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=number(int, minimum=0), default=0)
     demo.set_defaults(func=cmd_demo)
 
 

@@ -172,12 +172,14 @@ def _expand_and_truncate(record, ids, supervised, image_token_id, num_visual_tok
 
 def prompt_ids(tokenizer, fmt: str, prompt: str, image_token_id: int | None, num_visual_tokens: int,
                system_prompt: str | None = None, chat_template: str | None = None) -> list[int]:
-    """Token ids of a generation prompt, laid out exactly as in training, with placeholders expanded."""
+    """Token ids of a generation prompt, laid out exactly as in training, with placeholders expanded. A prompt
+    that already holds the image token (LLaVA-style "<image>\nWhat is this?") keeps it where it is written."""
     image_token = tokenizer.convert_ids_to_tokens(image_token_id) if image_token_id is not None else ""
+    placed = bool(image_token) and image_token in prompt
     if fmt == "plain":
-        ids = tokenizer(image_token + prompt, add_special_tokens=True)["input_ids"]
+        ids = tokenizer(prompt if placed else image_token + prompt, add_special_tokens=True)["input_ids"]
     else:
-        content = f"{image_token}\n{prompt}" if image_token else prompt
+        content = f"{image_token}\n{prompt}" if image_token and not placed else prompt
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
         messages.append({"role": "user", "content": content})
         text = _render(tokenizer, messages, chat_template, add_generation_prompt=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from vlalign.arguments import number
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="STAGE1.json",
@@ -14,11 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="held-out caption set for the zero-shot retrieval report (same image root)")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder: heads.safetensors, config.json, report.json")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--embed-dim", type=int, default=256, help="shared embedding size of the heads")
+    parser.add_argument("--epochs", type=number(int, minimum=1), default=10)
+    parser.add_argument("--batch-size", type=number(int, minimum=1), default=64)
+    parser.add_argument("--lr", type=number(float, above=0.0), default=1e-3)
+    parser.add_argument("--seed", type=number(int, minimum=0), default=0)
+    parser.add_argument("--embed-dim", type=number(int, minimum=1), default=256, help="shared embedding size of the heads")
 
 
 def format_report(report: dict) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vlalign.arguments import number
+
 
 def add_parser(subcommands) -> argparse.ArgumentParser:
     parser = subcommands.add_parser(
@@ -20,10 +22,10 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
                         help="word list: a file (one word per line), 'english' (Debian's wamerican, lowercase "
                              "alphabetic words), 'shapes' (the shapes world's vocabulary) or both joined by '+' "
                              "(default: english, plus shapes when --image-root is a shapes world)")
-    parser.add_argument("--top-n", type=int, default=10, help="labels kept per patch (SEA: 10)")
+    parser.add_argument("--top-n", type=number(int, minimum=1), default=10, help="labels kept per patch (SEA: 10)")
     parser.add_argument("--out", required=True, metavar="DIR", help="cache folder (resumed when it exists)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--shard-size", type=int, default=1024, help="images per cache shard (the resume unit)")
+    parser.add_argument("--batch-size", type=number(int, minimum=1), default=32)
+    parser.add_argument("--shard-size", type=number(int, minimum=1), default=1024, help="images per cache shard (the resume unit)")
     parser.add_argument("--template", default="{}", help="text around each word, e.g. 'a photo of a {}.'")
     parser.add_argument("--image-aspect", default="pad", choices=["pad", "crop", "resize"],
                         help="must equal the VLM's model.image_aspect (default pad, as LLaVA-1.5)")

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from vlalign.arguments import number
+
 
 def add_parser(subcommands) -> argparse.ArgumentParser:
     parser = subcommands.add_parser(
@@ -15,25 +17,25 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
     parser.add_argument("--images", required=True, metavar="DIR",
                         help="every .png/.jpg/.jpeg/.webp/.bmp under it, recursively, is a training image")
     parser.add_argument("--out", required=True, metavar="DIR")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--patch-size", type=int, default=16)
-    parser.add_argument("--hidden-size", type=int, default=192, help="encoder width")
-    parser.add_argument("--layers", type=int, default=4, help="encoder layers")
-    parser.add_argument("--heads", type=int, default=3, help="encoder attention heads")
-    parser.add_argument("--intermediate-size", type=int, default=768, help="encoder MLP width")
-    parser.add_argument("--decoder-hidden-size", type=int, default=128)
-    parser.add_argument("--decoder-layers", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps; overrides --epochs")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3,
+    parser.add_argument("--image-size", type=number(int, minimum=1), default=224)
+    parser.add_argument("--patch-size", type=number(int, minimum=1), default=16)
+    parser.add_argument("--hidden-size", type=number(int, minimum=1), default=192, help="encoder width")
+    parser.add_argument("--layers", type=number(int, minimum=1), default=4, help="encoder layers")
+    parser.add_argument("--heads", type=number(int, minimum=1), default=3, help="encoder attention heads")
+    parser.add_argument("--intermediate-size", type=number(int, minimum=1), default=768, help="encoder MLP width")
+    parser.add_argument("--decoder-hidden-size", type=number(int, minimum=1), default=128)
+    parser.add_argument("--decoder-layers", type=number(int, minimum=1), default=2)
+    parser.add_argument("--epochs", type=number(int, minimum=1), default=10)
+    parser.add_argument("--max-steps", type=number(int, minimum=1), default=None, help="optimizer steps; overrides --epochs")
+    parser.add_argument("--batch-size", type=number(int, minimum=1), default=32)
+    parser.add_argument("--lr", type=number(float, above=0.0), default=1e-3,
                         help="peak AdamW learning rate (cosine schedule, linear warmup)")
-    parser.add_argument("--mask-ratio", type=float, default=0.75)
-    parser.add_argument("--save-every", type=int, default=None, metavar="STEPS",
+    parser.add_argument("--mask-ratio", type=number(float, above=0.0, maximum=0.99), default=0.75)
+    parser.add_argument("--save-every", type=number(int, minimum=1), default=None, metavar="STEPS",
                         help="write a resumable checkpoint every STEPS steps (the last 2 are kept)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=number(int, minimum=0), default=0)
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--num-workers", type=number(int, minimum=0), default=0, help="DataLoader worker processes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=main_pretrain_mae)
     return parser

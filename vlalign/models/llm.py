@@ -30,11 +30,25 @@ def load_tokenizer(folder: str, image_token: str):
     return tokenizer
 
 
+def check_is_causal_lm(source_text: str, folder: str) -> None:
+    """Before the tokenizer (whose error for a folder without one talks about sentencepiece): the config must be
+    one that AutoModelForCausalLM builds."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = load_or_explain(folder, "LLM", lambda: AutoConfig.from_pretrained(folder))
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelSourceError(f"model.llm {source_text!r} is a {config.model_type!r} model, not a causal language "
+                               f"model (e.g. a Llama, Qwen, Vicuna or SmolLM folder or hub id); was it meant for "
+                               f"model.vision_tower?")
+
+
 def load_llm(source_text: str, image_token: str, attn_implementation: str = "sdpa"):
     """Returns (causal LM with room for the image token, tokenizer, image token id)."""
     from transformers import AutoModelForCausalLM
 
     folder = resolve_llm_folder(source_text)
+    check_is_causal_lm(source_text, folder)
     tokenizer = load_tokenizer(folder, image_token)
     model = load_or_explain(
         source_text, "LLM",

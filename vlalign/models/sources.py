@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import socket
+from urllib.parse import urlparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -73,8 +75,26 @@ def parse_source(text: str) -> Source:
     return Source("hf", text)
 
 
+def go_offline_if_the_hub_is_unreachable(source_text: str) -> None:
+    """A hub id with no route to the hub: switch huggingface_hub to offline mode for this process, so a cached
+    model loads at once and an uncached one fails in seconds (with the network down, transformers otherwise
+    retries for ~50 s before it gives up). One connection attempt per process; local folders never probe."""
+    if Path(source_text).exists():
+        return
+    import huggingface_hub.constants as hub  # on use: only hub ids get here
+
+    if hub.HF_HUB_OFFLINE:
+        return
+    endpoint = urlparse(hub.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
+    except OSError:
+        hub.HF_HUB_OFFLINE = True
+
+
 def load_or_explain(source_text: str, what: str, loader: Callable[[], object]):
     """Run a from_pretrained-style loader; turn 'not found / offline' into one actionable error."""
+    go_offline_if_the_hub_is_unreachable(source_text)
     try:
         return loader()
     except (OSError, ValueError) as exc:

@@ -116,6 +116,12 @@ def _hf_vision_model(source_text: str):
     from transformers import AutoConfig, AutoModel, CLIPVisionModel, SiglipVisionModel
 
     config = load_or_explain(source_text, "vision tower", lambda: AutoConfig.from_pretrained(source_text))
+    vision = getattr(config, "vision_config", config)
+    if not (hasattr(vision, "image_size") and hasattr(vision, "patch_size")):
+        raise ModelSourceError(f"model.vision_tower {source_text!r} is a {config.model_type!r} model with no image "
+                               f"input (its config has no image_size / patch_size); it takes a ViT-style vision "
+                               f"model (CLIP, SigLIP, ...), `timm:<name>` or efficientnet-lite0. Was it meant for "
+                               f"model.llm?")
     # Full dual-encoder checkpoints (CLIPModel/SiglipModel) load just their vision half.
     family = {"clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel,
               "siglip": SiglipVisionModel, "siglip_vision_model": SiglipVisionModel}

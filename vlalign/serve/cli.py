@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vlalign.arguments import number
 from vlalign.errors import ConfigError
 
 
@@ -41,17 +42,10 @@ def cmd_serve(args) -> None:
           max_new_tokens=args.max_new_tokens, name=args.model_name)
 
 
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
-
-
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="stage checkpoint (or its stage folder)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--max-new-tokens", type=_positive, default=64,
+    parser.add_argument("--max-new-tokens", type=number(int, minimum=1), default=64,
                         help="most tokens per answer (the API's default when a request sets no max_tokens)")
 
 
@@ -59,15 +53,15 @@ def add_parser(commands) -> None:
     chat = commands.add_parser("chat", help="talk to a checkpoint in the terminal (streamed, multi-turn)")
     _common(chat)
     chat.add_argument("--image", default=None, help="image to talk about (or /image PATH in the chat)")
-    chat.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy decoding")
-    chat.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling, when --temperature > 0")
-    chat.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    chat.add_argument("--temperature", type=number(float, minimum=0.0), default=0.0, help="0 (default): greedy decoding")
+    chat.add_argument("--top-p", type=number(float, above=0.0, maximum=1.0), default=1.0, help="nucleus sampling, when --temperature > 0")
+    chat.add_argument("--seed", type=number(int, minimum=0), default=None, help="seed for sampling")
     chat.set_defaults(func=cmd_chat)
 
     serve = commands.add_parser("serve", help="web UI + OpenAI-compatible API (/v1/chat/completions) for a checkpoint")
     _common(serve)
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1: this machine only")
-    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--port", type=number(int, minimum=0, maximum=65535), default=7860)
     serve.add_argument("--model-name", default=None,
                        help="the model id of the API (default: the checkpoint's run folder name)")
     serve.add_argument("--words", default=None,

@@ -5,16 +5,17 @@ from __future__ import annotations
 import argparse
 import time
 
+from vlalign.arguments import number
 from vlalign.data.shapes.generate import generate_world, is_cached
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder to write the world into")
-    parser.add_argument("--n-train", type=int, default=2000, help="training images (stage 1 and 2)")
-    parser.add_argument("--n-test", type=int, default=200, help="test images (POPE/GQA/SQA/MME/captions)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=224, help="image side in pixels")
-    parser.add_argument("--grids", type=int, nargs="+", default=[7, 14],
+    parser.add_argument("--n-train", type=number(int, minimum=1), default=2000, help="training images (stage 1 and 2)")
+    parser.add_argument("--n-test", type=number(int, minimum=1), default=200, help="test images (POPE/GQA/SQA/MME/captions)")
+    parser.add_argument("--seed", type=number(int, minimum=0), default=0)
+    parser.add_argument("--image-size", type=number(int, minimum=1), default=224, help="image side in pixels")
+    parser.add_argument("--grids", type=number(int, minimum=1), nargs="+", default=[7, 14],
                         help="patch-label grids to record (7 = the 49 tokens of EfficientNet-Lite0 at 224 px)")
     parser.add_argument("--force", action="store_true", help="regenerate even when a matching world exists")
 

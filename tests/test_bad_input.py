@@ -153,10 +153,32 @@ def test_missing_data_file_and_nothing_usable(images):
     assert info.value.reason == "missing_file"
     path = write_json(images / "all_bad.json", [good("bad-1", "lost.png"), {"id": "bad-2"}])
     skips = SkipReport()
-    with pytest.raises(DataError, match="all_bad.json.*no usable records") as info:
+    with pytest.raises(DataError, match=r"all_bad.json.*no usable records \(all 2 were skipped: skipped 2 records "
+                                        r"\(missing_image: 1, no_conversations: 1\)\)") as info:
         load_records(path, images, "skip", skips)
     assert info.value.reason == "empty"
     assert skips.counts == {"missing_image": 1, "no_conversations": 1}
+    with pytest.raises(DataError, match=r"no usable records \(the file holds none\)"):
+        load_records(write_json(images / "empty.json", []), images, "skip")
+
+
+def test_duplicate_record_ids_are_errors_or_counted_skips(images):
+    path = write_json(images / "dups.json", [good("a"), good("b"), good("a", "lost.png"), good("a")])
+    with pytest.raises(DataError, match=r"record 'a \(#2\)', field 'id': the id is used again \(first at record #0\)"):
+        load_records(path, images)
+    skips = SkipReport()
+    assert [r.id for r in load_records(path, images, "skip", skips)] == ["a", "b"]
+    assert skips.counts == {"duplicate_id": 2}  # two records, not one: each occurrence is named by position
+
+
+def test_an_empty_answer_is_an_error_or_a_counted_skip(images):
+    path = write_json(images / "empty_answer.json", [good("a"), {"id": "b", "image": "good.png",
+                                                                 "conversations": pair(answer="  ")}])
+    with pytest.raises(DataError, match=r"record 'b', field 'conversations\[1\]': the gpt answer is empty"):
+        load_records(path, images)
+    skips = SkipReport()
+    assert [r.id for r in load_records(path, images, "skip", skips)] == ["a"]
+    assert skips.counts == {"empty_answer": 1}
 
 
 @pytest.mark.parametrize("bad, reason, field", [

@@ -127,6 +127,8 @@ def parse_record(raw: object, position: int, file: str, image_root: Path | None,
         expected = "human" if index % 2 == 0 else "gpt"
         if turn["from"] != expected:
             fail(f"turns must alternate human, gpt, ...; got {turn['from']!r} at turn {index}", "bad_turn", where)
+        if turn["from"] == "gpt" and not turn["value"].strip():
+            fail("the gpt answer is empty: the model would learn to end its turn at once", "empty_answer", where)
         turns.append(Turn(ROLES[turn["from"]], turn["value"]))
     if len(turns) < 2:
         fail("record has no gpt turn to learn from", "no_conversations", "conversations")
@@ -152,17 +154,29 @@ def load_records(path: str | Path, image_root: str | Path | None, on_error: str 
                  skips: SkipReport | None = None, image_token: str = "<image>") -> list[Record]:
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
-    records = []
-    for position, raw in _read_raw(path):
+    records, first_seen = [], {}  # record id -> position of its first occurrence
+    skipped = SkipReport()  # this file's own skips, for the "no usable records" message
+    rows = _read_raw(path)
+    for position, raw in rows:
         try:
             if isinstance(raw, DataError):
                 raise raw
+            record_id = raw.get("id") if isinstance(raw, dict) else None
+            if record_id is not None and str(record_id) in first_seen:
+                # Ids name records in errors, skip reports and the SEA label cache: they must be unique.
+                raise DataError(f"the id is used again (first at record #{first_seen[str(record_id)]})",
+                                reason="duplicate_id", record_id=f"{record_id} (#{position})", file=str(path),
+                                field="id")
+            if record_id is not None:
+                first_seen[str(record_id)] = position
             records.append(parse_record(raw, position, str(path), root, image_token))
         except DataError as error:
             if on_error != "skip":
                 raise
+            skipped.add(error)
             if skips is not None:
                 skips.add(error)
     if not records:
-        raise DataError("no usable records", reason="empty", file=str(path))
+        why = f"all {len(rows)} were skipped: {skipped.summary()}" if rows else "the file holds none"
+        raise DataError(f"no usable records ({why})", reason="empty", file=str(path))
     return records

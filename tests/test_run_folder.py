@@ -128,3 +128,38 @@ def test_resume_applies_a_longer_run_and_says_so(tiny_config, tmp_path, capsys):
                               f"train.output_dir={out}"), resume=True)
     assert "applies a changed setting: train.max_steps: 4 -> 5" in capsys.readouterr().out
     assert json.loads((final / ckpt.STATE_FILE).read_text())["step"] == 5
+
+
+def test_what_a_run_reads_and_writes_is_checked_before_any_weights_load(tiny_config, tmp_path, monkeypatch):
+    import torch
+
+    from vlalign.models.vlm import VisionLanguageModel
+
+    monkeypatch.setattr(VisionLanguageModel, "from_config",
+                        classmethod(lambda cls, *a, **k: (_ for _ in ()).throw(AssertionError("weights loaded"))))
+    (tmp_path / "a-file").write_text("")
+    cases = [("data.train_file=" + str(tmp_path / "missing.json"), "data.train_file .*missing.json does not exist"),
+             ("data.image_root=" + str(tmp_path / "no-images"), "data.image_root .*no-images is not a folder"),
+             ("train.init_from=" + str(tmp_path), "train.init_from .* holds no vlalign checkpoint"),
+             ("train.output_dir=" + str(tmp_path / "a-file" / "run"), "train.output_dir .*a-file/run cannot be written")]
+    if not torch.cuda.is_available():
+        cases.append(("train.mixed_precision=fp16", "fp16 needs a CUDA GPU"))
+    for setting, says in cases:
+        with pytest.raises(ConfigError, match=says):
+            train(tiny_config(1, "train.max_steps=1", setting))
+
+
+def test_a_full_disk_while_saving_is_one_error_and_leaves_nothing_loadable(tiny_config, tmp_path, monkeypatch):
+    import errno
+
+    from vlalign.errors import TrainingError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(args[1]))
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match=rf"cannot write checkpoint {out}/checkpoint-000001: No space left on "
+                                            rf"device \(.*model.safetensors\); the earlier checkpoints"):
+        train(tiny_config(1, "train.max_steps=2", "train.save_every=1", f"train.output_dir={out}"))
+    assert ckpt.latest_checkpoint(out) is None and not (out / "final").exists()

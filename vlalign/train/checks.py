@@ -8,6 +8,12 @@ run it first, so a wrong combination fails before a 7B LLM loads, not after.
 
 from __future__ import annotations
 
+import os
+import uuid
+from pathlib import Path
+
+import torch
+
 from vlalign.config import RunConfig
 from vlalign.data.samples import resolve_layout
 from vlalign.errors import ConfigError
@@ -42,3 +48,37 @@ def check_requires(name: str, requires: Requires, config: RunConfig) -> None:
     if requires.connector_kind and kind != requires.connector_kind:
         raise ConfigError(f"objective {name!r} needs a {requires.connector_kind} connector; model.connector "
                           f"{connector!r} is a {kind} connector{why}")
+
+
+def check_run_paths(config: RunConfig) -> None:
+    """What a training run reads and writes, before any weights load: the data file and image folder exist,
+    `init_from` is a checkpoint, the output folder can be written; fp16 needs a GPU (on a CPU it would be
+    ignored, silently training in fp32). Stage 2 without `init_from` is allowed (single-stage recipes) but said."""
+    data, train = config.data, config.train
+    if not data.train_file:
+        raise ConfigError("data.train_file is not set (a LLaVA-format JSON / JSONL file)")
+    if not Path(data.train_file).is_file():
+        raise ConfigError(f"data.train_file {data.train_file} does not exist")
+    if data.image_root and not Path(data.image_root).is_dir():
+        raise ConfigError(f"data.image_root {data.image_root} is not a folder")
+    if train.init_from:
+        folder = Path(train.init_from)
+        if not (folder / "model.safetensors").is_file() and not (folder / "final" / "model.safetensors").is_file():
+            raise ConfigError(f"train.init_from {folder} holds no vlalign checkpoint (no model.safetensors there "
+                              f"or in its final/)")
+    if train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision: fp16 needs a CUDA GPU (this machine has none: it would train in "
+                          "fp32 without a word); use bf16 or no")
+    _check_writable(Path(train.output_dir))
+    if train.stage == 2 and not train.init_from:
+        print("[vlalign] note: stage 2 without train.init_from: the connector starts from random weights")
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        os.remove(probe)
+    except OSError as error:
+        raise ConfigError(f"train.output_dir {folder} cannot be written: {error.strerror or error}") from None

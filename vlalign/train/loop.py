@@ -35,7 +35,7 @@ from vlalign.models.vlm import VisionLanguageModel
 from vlalign.objectives import build_objectives, merged_forward_request, merged_sample_fields
 from vlalign.train import checkpoint as ckpt
 from vlalign.train import run_folder
-from vlalign.train.checks import check_config
+from vlalign.train.checks import check_config, check_run_paths
 from vlalign.train.optim import build_optimizer, build_scheduler, hyperparameters, reapply_hyperparameters
 from vlalign.train.resume_changes import config_changes
 from vlalign.train.progress import StepLogger
@@ -141,6 +141,7 @@ def train(config: RunConfig, resume: bool | str | None = None, step_hooks: tuple
     (vlalign.train.resume_changes). `overwrite`: start afresh in a folder that holds another run, whose files
     are moved aside (vlalign.train.run_folder)."""
     check_config(config)  # before any weights load
+    check_run_paths(config)
     run = _start(config, resume, overwrite, allow_changes)
     run.step_hooks = tuple(step_hooks)
     try:
@@ -368,6 +369,17 @@ def _run_step_hooks(run: Run) -> None:
 
 
 def _save(run: Run, folder: Path, resumable: bool) -> Path:
+    """A checkpoint, atomically (vlalign.train.checkpoint); a full disk or lost permission is one error naming
+    the folder, and what was half written stays a hidden staging folder that nothing loads."""
+    try:
+        return _write_checkpoint(run, folder, resumable)
+    except OSError as error:
+        raise TrainingError(f"cannot write checkpoint {folder}: {error.strerror or error}"
+                            f"{f' ({error.filename})' if error.filename else ''}; the earlier checkpoints in "
+                            f"{folder.parent} are intact (resume from them with --resume)") from None
+
+
+def _write_checkpoint(run: Run, folder: Path, resumable: bool) -> Path:
     state = {**run.state.shared(), "stage": run.config.train.stage, "recipe": run.recipe,
              "total_steps": run.total_steps, "run_id": run.run_id}
     extra = {"optimizer": run.optimizer, "scheduler": run.scheduler} if resumable else {}

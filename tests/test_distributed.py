@@ -154,3 +154,35 @@ def test_quiesce_waits_until_the_backend_let_go_of_tracked_tensors():
     outputs = [rank.communicate(timeout=120) for rank in ranks]
     for rank, (_, stderr) in zip(ranks, outputs):
         assert rank.returncode == 0, stderr[-3000:]
+
+
+def test_a_rank_whose_whole_micro_batch_was_skipped_keeps_the_ranks_in_step(tiny_config, toy_data, tmp_path):
+    """Batch size 1 on two ranks, 3 of 8 images unreadable (skip policy): an odd number, so at some step exactly
+    one rank's micro-batch is empty. Both ranks must leave that step out together (no hang, no mismatched
+    collectives), and the records left out on the other rank are counted."""
+    import json
+    import shutil
+
+    images = tmp_path / "images"
+    images.mkdir()
+    records = []
+    for index in range(8):
+        name = f"{index}.png"
+        if index in (1, 4, 6):
+            (images / name).write_bytes(b"not an image" * 10)
+        else:
+            shutil.copy(toy_data["image_root"] / "images" / f"{index:05d}.png", images / name)
+        records.append({"id": f"r{index}", "image": name, "conversations": [
+            {"from": "human", "value": "<image>\nDescribe the image briefly."},
+            {"from": "gpt", "value": "There is a red circle on the left."}]})
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    config = tiny_config(1, f"data.train_file={tmp_path / 'data.json'}", f"data.image_root={images}",
+                         "data.on_error=skip", "train.batch_size=1", "train.epochs=1",
+                         f"train.output_dir={tmp_path / 'run'}")
+    result = _torchrun(config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert sum(report["skipped"].values()) == 3, report  # each unreadable record once, whatever the epochs
+    assert report["left_out_for_sync"] >= 1  # a step where only one rank had a record: that record waited out
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4] and ckpt.is_complete(tmp_path / "run" / "final")  # the loop refills epochs

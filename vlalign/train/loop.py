@@ -85,6 +85,7 @@ class TrainState:
     config_changes: list = field(default_factory=list)  # settings changed by resumes: [{step, changes}]
     window_finite: object = True  # this rank's losses since the last update were all finite (a bool tensor)
     window_records: list = field(default_factory=list)  # record ids since the last update, for the error
+    left_out_for_sync: int = 0  # this rank's records left out because another rank's micro-batch was all skipped
 
     def shared(self) -> dict:
         return {"step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
@@ -92,7 +93,8 @@ class TrainState:
                 "config_changes": self.config_changes}
 
     def rank_state(self) -> dict:
-        return {"skips": list(self.skips.entries.items()), "truncated": self.truncated}
+        return {"skips": list(self.skips.entries.items()), "truncated": self.truncated,
+                "left_out_for_sync": self.left_out_for_sync}
 
     def restore(self, shared: dict, rank_state: dict) -> None:
         self.step, self.epoch, self.batches_done = shared["step"], shared["epoch"], shared["batches_done"]
@@ -101,6 +103,7 @@ class TrainState:
         self.config_changes = list(shared.get("config_changes", []))
         self.skips.merge(SkipReport(entries=dict(rank_state["skips"])))
         self.truncated = rank_state["truncated"]
+        self.left_out_for_sync = rank_state.get("left_out_for_sync", 0)
 
 
 @dataclass
@@ -274,8 +277,8 @@ def _train_batch(run: Run, batch) -> None:
     state.batches_done += 1
     state.skips.merge(batch.skips)
     state.truncated += batch.truncated
-    if len(batch) == 0:
-        return  # every record of this batch was skipped (and counted)
+    if _a_rank_has_nothing(run, batch):
+        return
     with accelerator.accumulate(run.module):
         total, losses, metrics = run.module(batch)
         accelerator.backward(total)
@@ -304,6 +307,20 @@ def _train_batch(run: Run, batch) -> None:
         if accelerator.is_main_process:
             ckpt.prune_checkpoints(run.output_dir, tc.keep_checkpoints, run.run_id)
         ckpt.fault_point(f"after_step_{state.step}")
+
+
+def _a_rank_has_nothing(run: Run, batch) -> bool:
+    """Whether this micro-step is left out: here, when every record of this batch was skipped (and counted); under
+    several processes, when that happened on any rank. All ranks must leave it out together: a rank that returned
+    alone would miss the gradient all-reduce the others wait in (a hang), or pair its next batch's collectives with
+    their current ones. The records the other ranks leave out are counted (`left_out_for_sync`)."""
+    empty_here = len(batch) == 0
+    if run.accelerator.num_processes == 1:
+        return empty_here
+    if mean_over_ranks([float(empty_here)], run.accelerator.device)[0] == 0.0:
+        return False
+    run.state.left_out_for_sync += len(batch)
+    return True
 
 
 def _update_is_finite(run: Run, losses: dict, norm) -> bool:
@@ -462,14 +479,18 @@ def _report_data(run: Run) -> None:
     """Skipped records (distinct, over all ranks) and truncations, printed and written to data_report.json."""
     total = SkipReport()
     total.merge(run.load_skips)
-    all_truncated = 0
-    for rank_skips, rank_truncated in gather_objects([(run.state.skips, run.state.truncated)]):
+    all_truncated = left_out = 0
+    for rank_skips, rank_truncated, rank_left_out in gather_objects(
+            [(run.state.skips, run.state.truncated, run.state.left_out_for_sync)]):
         total.merge(rank_skips)
         all_truncated += rank_truncated
+        left_out += rank_left_out
     nonfinite = run.state.nonfinite_skipped
     run.accelerator.print(f"[vlalign] {total.summary()}; {all_truncated} samples truncated"
+                          + (f"; {left_out} samples left out so that the ranks stay in step (another rank's "
+                             f"micro-batch was all skipped)" if left_out else "")
                           + (f"; {nonfinite} updates skipped for a non-finite loss or gradient" if nonfinite else ""))
     if run.accelerator.is_main_process:
         (run.output_dir / "data_report.json").write_text(json.dumps(
             {"skipped": dict(total.counts), "skip_examples": total.examples, "truncated": all_truncated,
-             "nonfinite_updates_skipped": nonfinite}, indent=2))
+             "left_out_for_sync": left_out, "nonfinite_updates_skipped": nonfinite}, indent=2))

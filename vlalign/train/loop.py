@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,7 @@ def _start(config: RunConfig, resume, overwrite: bool, allow_changes: bool) -> R
     output_dir = Path(tc.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     accelerator = _make_accelerator(tc, output_dir)
+    _say_if_the_launcher_was_not_followed(accelerator)
     run_id = _claim_folder(accelerator, output_dir, resume, overwrite)
     resume_from = _resume_candidates(resume, output_dir, run_id)
     changes = config_changes(resume_from[0], config, allow_changes) if resume_from else []
@@ -191,6 +193,18 @@ def _start(config: RunConfig, resume, overwrite: bool, allow_changes: bool) -> R
     run.logger = StepLogger(accelerator, output_dir, total_steps, run.state.step)
     module.train()
     return run
+
+
+def _say_if_the_launcher_was_not_followed(accelerator) -> None:
+    """`accelerate launch` with an FSDP or DeepSpeed config on a machine without GPUs runs plain DDP over gloo
+    (accelerate 1.x enables FSDP only for GPU-type process groups, DeepSpeed only without cpu=True): same
+    weights, but none of the sharding that was asked for. Say so instead of letting it pass unnoticed."""
+    wanted = [name for name, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+              if os.environ.get(variable, "false").lower() == "true"]
+    running = accelerator.distributed_type.value
+    if wanted and running not in ("FSDP", "DEEPSPEED"):
+        accelerator.print(f"[vlalign] warning: the launcher asked for {' and '.join(wanted)}, but accelerate runs "
+                          f"{running} here (no GPU): parameters and optimizer state are replicated, not sharded")
 
 
 def _claim_folder(accelerator, output_dir: Path, resume, overwrite: bool) -> str:

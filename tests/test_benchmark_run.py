@@ -197,14 +197,12 @@ def test_a_step_hook_that_draws_random_numbers_cannot_shift_the_training_stream(
 
 def test_eval_benchmarks_on_two_processes_equals_one(stage2_checkpoint, toy_data, tmp_path):
     """torchrun, two CPU processes (gloo): each answers every other question, the main one merges and scores."""
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from process_group_helpers import free_port
 
+    port = free_port()
     data = write_pope_file(tmp_path / "pope", toy_data["image_root"], n=5)
     args = ["eval", "benchmarks", "--checkpoint", str(stage2_checkpoint), "--benchmark", "pope", "--data", str(data),
             "--image-root", str(toy_data["image_root"]), "--batch-size", "2", "--max-new-tokens", "4"]

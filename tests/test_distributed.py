@@ -1,7 +1,6 @@
 """DDP with two CPU processes (gloo) via torchrun: trains, checkpoints per-rank RNG, resumes exactly."""
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -10,6 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from process_group_helpers import free_port
 from vlalign.config import dump_config
 from vlalign.train import checkpoint as ckpt
 
@@ -17,18 +17,12 @@ SETTINGS = ("train.max_steps=5", "train.save_every=2", "train.batch_size=2", "tr
             "train.tune.lora.r=4", "train.tune.lora.dropout=0.2")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _torchrun(config, env_extra=None, resume=False) -> subprocess.CompletedProcess:
     path = Path(config.train.output_dir).with_suffix(".yaml")
     path.parent.mkdir(parents=True, exist_ok=True)
     dump_config(config, path)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), "-m", "vlalign.cli", "train", str(path)] + (["--resume"] if resume else [])
+               str(free_port()), "-m", "vlalign.cli", "train", str(path)] + (["--resume"] if resume else [])
     return subprocess.run(command, env={**os.environ, **(env_extra or {})}, capture_output=True, text=True,
                           timeout=300)
 
@@ -99,7 +93,7 @@ SLOW_RANK_SAVE = textwrap.dedent("""
 
 
 def test_checkpoint_waits_for_every_rank_before_it_is_published(tmp_path):
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
     ranks = [subprocess.Popen([sys.executable, "-c", SLOW_RANK_SAVE, str(tmp_path)], env={**env, "RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
     outputs = [rank.communicate(timeout=120) for rank in ranks]
@@ -148,7 +142,7 @@ QUIESCE = textwrap.dedent("""
 
 
 def test_quiesce_waits_until_the_backend_let_go_of_tracked_tensors():
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
     ranks = [subprocess.Popen([sys.executable, "-c", QUIESCE], env={**env, "RANK": str(r)}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for r in (0, 1)]
     outputs = [rank.communicate(timeout=120) for rank in ranks]

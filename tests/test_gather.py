@@ -3,12 +3,9 @@ own rows equals the single-process gradient of the same rows."""
 
 from __future__ import annotations
 
-import socket
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from process_group_helpers import run_on_two_ranks
 from vlalign.distributed import gather_objects, gather_rows
 from vlalign.losses.functional import cg_contrastive
 from vlalign.objectives.pair_loss import PairLoss
@@ -23,42 +20,32 @@ def _data():
     return a, b
 
 
-def _rank_main(rank: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        a, b = _data()
-        lo = sum(SIZES[:rank])
-        local_a = a[lo:lo + SIZES[rank]].clone().requires_grad_(True)
-        local_b = b[lo:lo + SIZES[rank]].clone().requires_grad_(True)
-        torch.manual_seed(0)
-        loss, logged = PairLoss("infonce", temperature=0.1)(local_a, local_b)
-        loss.backward()
-        gathered, offset = gather_rows(local_a.detach())
-        labels = gather_objects([f"r{rank}-{i}" for i in range(SIZES[rank])])
-        # cg_contrastive with captions of different lengths per rank, padded to the global width
-        width = max(gather_objects([rank + 2]))
-        text = torch.zeros(SIZES[rank], width, 8)
-        text[:, :rank + 2] = local_b.detach().unsqueeze(1)
-        mask = torch.zeros(SIZES[rank], width, dtype=torch.bool)
-        mask[:, :rank + 2] = True
-        pooled = local_a.detach().clone().requires_grad_(True)
-        cg = cg_contrastive(gather_rows(pooled.unsqueeze(1))[0], gather_rows(text)[0], gather_rows(mask)[0], 10.0)
-        cg.backward()
-        torch.save({"loss": loss.detach(), "grad_a": local_a.grad, "grad_b": local_b.grad, "pairs": logged["pairs"],
-                    "gathered": gathered, "offset": offset, "labels": labels, "cg": cg.detach(),
-                    "cg_grad": pooled.grad}, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _rank_main(rank: int, out: str) -> None:
+    a, b = _data()
+    lo = sum(SIZES[:rank])
+    local_a = a[lo:lo + SIZES[rank]].clone().requires_grad_(True)
+    local_b = b[lo:lo + SIZES[rank]].clone().requires_grad_(True)
+    torch.manual_seed(0)
+    loss, logged = PairLoss("infonce", temperature=0.1)(local_a, local_b)
+    loss.backward()
+    gathered, offset = gather_rows(local_a.detach())
+    labels = gather_objects([f"r{rank}-{i}" for i in range(SIZES[rank])])
+    # cg_contrastive with captions of different lengths per rank, padded to the global width
+    width = max(gather_objects([rank + 2]))
+    text = torch.zeros(SIZES[rank], width, 8)
+    text[:, :rank + 2] = local_b.detach().unsqueeze(1)
+    mask = torch.zeros(SIZES[rank], width, dtype=torch.bool)
+    mask[:, :rank + 2] = True
+    pooled = local_a.detach().clone().requires_grad_(True)
+    cg = cg_contrastive(gather_rows(pooled.unsqueeze(1))[0], gather_rows(text)[0], gather_rows(mask)[0], 10.0)
+    cg.backward()
+    torch.save({"loss": loss.detach(), "grad_a": local_a.grad, "grad_b": local_b.grad, "pairs": logged["pairs"],
+                "gathered": gathered, "offset": offset, "labels": labels, "cg": cg.detach(),
+                "cg_grad": pooled.grad}, f"{out}/rank{rank}.pt")
 
 
 def test_two_ranks_contrast_against_the_global_batch(tmp_path):
-    mp.spawn(_rank_main, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_on_two_ranks(_rank_main, str(tmp_path))
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
 
     a, b = _data()

@@ -3,39 +3,26 @@ from another rank carries its gradient back to that rank (two CPU ranks, gloo)."
 
 from __future__ import annotations
 
-import socket
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from process_group_helpers import run_on_two_ranks
 from vlalign.distributed import gather_rows_with_grad
 
 SIZES = (3, 2)
 
 
-def _gather_rank(rank: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        rows = torch.arange(sum(SIZES), dtype=torch.float32)[:, None] * torch.ones(1, 3)
-        lo = sum(SIZES[:rank])
-        local = rows[lo:lo + SIZES[rank]].clone().requires_grad_(True)
-        gathered, offset = gather_rows_with_grad(local)
-        weights = torch.arange(1.0, 1.0 + sum(SIZES))[:, None] * (rank + 1)  # each rank weighs rows its own way
-        (gathered * weights).sum().backward()
-        torch.save({"gathered": gathered.detach(), "offset": offset, "grad": local.grad}, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _gather_rank(rank: int, out: str) -> None:
+    rows = torch.arange(sum(SIZES), dtype=torch.float32)[:, None] * torch.ones(1, 3)
+    lo = sum(SIZES[:rank])
+    local = rows[lo:lo + SIZES[rank]].clone().requires_grad_(True)
+    gathered, offset = gather_rows_with_grad(local)
+    weights = torch.arange(1.0, 1.0 + sum(SIZES))[:, None] * (rank + 1)  # each rank weighs rows its own way
+    (gathered * weights).sum().backward()
+    torch.save({"gathered": gathered.detach(), "offset": offset, "grad": local.grad}, f"{out}/rank{rank}.pt")
 
 
 def test_gathered_rows_send_every_ranks_gradient_to_their_owner(tmp_path):
-    mp.spawn(_gather_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_on_two_ranks(_gather_rank, str(tmp_path))
     rows = torch.arange(sum(SIZES), dtype=torch.float32)[:, None] * torch.ones(1, 3)
     # d/d row_i of (loss on rank 0 + loss on rank 1) = i-th weight x (1 + 2)
     expected = torch.arange(1.0, 1.0 + sum(SIZES))[:, None].expand(-1, 3) * 3
@@ -72,16 +59,12 @@ def _step(module, items):
     return {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}, metrics
 
 
-def _itm_rank(rank: int, port: int, configs: dict, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        results = {}
-        for mode, config in configs.items():
-            module, dataset = _itm_module(config)
-            results[mode] = _step(module, [dataset[rank]])  # one record per rank
-        torch.save(results, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _itm_rank(rank: int, configs: dict, out: str) -> None:
+    results = {}
+    for mode, config in configs.items():
+        module, dataset = _itm_module(config)
+        results[mode] = _step(module, [dataset[rank]])  # one record per rank
+    torch.save(results, f"{out}/rank{rank}.pt")
 
 
 def test_itm_negatives_come_from_the_global_batch_with_their_gradient(tiny_config, tiny_query_models, tmp_path):
@@ -95,7 +78,7 @@ def test_itm_negatives_come_from_the_global_batch_with_their_gradient(tiny_confi
         configs[mode] = tiny_config(1, "model.connector=qformer", f"model.connector_options={options}",
                                     f"objectives={{qformer: {{itm_itg_queries: {mode}, itc_weight: 0.0, "
                                     f"itg_weight: 0.0}}}}")
-    mp.spawn(_itm_rank, args=(_free_port(), configs, str(tmp_path)), nprocs=2, join=True)
+    run_on_two_ranks(_itm_rank, configs, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
     for mode, config in configs.items():
         module, dataset = _itm_module(config)

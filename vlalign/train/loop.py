@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,15 +28,15 @@ from vlalign.config import RunConfig, dump_config
 from vlalign.data.build import build_dataset
 from vlalign.data.dataset import Collator, LengthGroupedBatchSampler
 from vlalign.data.llava_json import SkipReport
-from vlalign.distributed import gather_objects, mean_over_ranks, quiesce
+from vlalign.distributed import gather_objects, quiesce
 from vlalign.errors import ConfigError, DataError, TrainingError
-from vlalign.files import write_file_atomically
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.objectives import build_objectives, merged_forward_request, merged_sample_fields
 from vlalign.train import checkpoint as ckpt
-from vlalign.train import run_folder
+from vlalign.train.guards import a_rank_has_nothing, say_if_the_launcher_was_not_followed, update_is_finite
+from vlalign.train.resume import claim_folder, drop_metrics_after, restore, resume_candidates
 from vlalign.train.checks import check_config, check_run_paths
-from vlalign.train.optim import build_optimizer, build_scheduler, hyperparameters, reapply_hyperparameters
+from vlalign.train.optim import build_optimizer, build_scheduler
 from vlalign.train.resume_changes import config_changes
 from vlalign.train.progress import StepLogger
 from vlalign.train.stages import apply_tune, format_parameter_table, keep_frozen_in_eval, parameter_table
@@ -161,9 +160,9 @@ def _start(config: RunConfig, resume, overwrite: bool, allow_changes: bool) -> R
     output_dir = Path(tc.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     accelerator = _make_accelerator(tc, output_dir)
-    _say_if_the_launcher_was_not_followed(accelerator)
-    run_id = _claim_folder(accelerator, output_dir, resume, overwrite)
-    resume_from = _resume_candidates(resume, output_dir, run_id)
+    say_if_the_launcher_was_not_followed(accelerator)
+    run_id = claim_folder(accelerator, output_dir, resume, overwrite)
+    resume_from = resume_candidates(resume, output_dir, run_id)
     changes = config_changes(resume_from[0], config, allow_changes) if resume_from else []
     for line in changes:
         accelerator.print(f"[vlalign] --resume applies a changed setting: {line}")
@@ -183,88 +182,16 @@ def _start(config: RunConfig, resume, overwrite: bool, allow_changes: bool) -> R
     run = Run(config, output_dir, accelerator, module, optimizer, scheduler, loader, sampler, recipe, total_steps,
               load_skips, run_id)
     if resume_from:
-        _restore(run, resume_from)
+        restore(run, resume_from)
         if changes:
             run.state.config_changes.append({"step": run.state.step, "changes": changes})
     if accelerator.is_main_process:
-        _drop_metrics_after(output_dir / "metrics.jsonl", run.state.step)  # a resumed run rewrites later rows
+        drop_metrics_after(output_dir / "metrics.jsonl", run.state.step)  # a resumed run rewrites later rows
         dump_config(config, output_dir / "config.yaml")
     accelerator.init_trackers("tensorboard")
     run.logger = StepLogger(accelerator, output_dir, total_steps, run.state.step)
     module.train()
     return run
-
-
-def _say_if_the_launcher_was_not_followed(accelerator) -> None:
-    """`accelerate launch` with an FSDP or DeepSpeed config on a machine without GPUs runs plain DDP over gloo
-    (accelerate 1.x enables FSDP only for GPU-type process groups, DeepSpeed only without cpu=True): same
-    weights, but none of the sharding that was asked for. Say so instead of letting it pass unnoticed."""
-    wanted = [name for name, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
-              if os.environ.get(variable, "false").lower() == "true"]
-    running = accelerator.distributed_type.value
-    if wanted and running not in ("FSDP", "DEEPSPEED"):
-        accelerator.print(f"[vlalign] warning: the launcher asked for {' and '.join(wanted)}, but accelerate runs "
-                          f"{running} here (no GPU): parameters and optimizer state are replicated, not sharded")
-
-
-def _claim_folder(accelerator, output_dir: Path, resume, overwrite: bool) -> str:
-    """The main process claims the folder (run_folder.claim); every rank gets the run id or the same error."""
-    outcome = None
-    if accelerator.is_main_process:
-        try:
-            run_id, moved = run_folder.claim(output_dir, bool(resume), overwrite)
-            outcome = ("ok", run_id)
-            if moved:
-                print(f"[vlalign] moved the earlier run's {len(moved)} files and folders aside into "
-                      f"{moved[0].parent}")
-        except ConfigError as error:
-            outcome = ("error", str(error))
-    kind, value = next(found for found in gather_objects([outcome]) if found is not None)
-    if kind == "error":
-        raise ConfigError(value)
-    return value
-
-
-def _drop_metrics_after(path: Path, step: int) -> None:
-    """metrics.jsonl keeps the rows up to `step` (a resumed run logs the later steps again); a torn last line
-    from a kill is dropped too."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-        except ValueError:
-            continue
-    write_file_atomically(path, "".join(line + "\n" for line in kept))
-
-
-def _restore(run: Run, candidates: list[Path]) -> None:
-    """From the newest candidate that loads on every rank; a corrupt one is named and the previous one tried."""
-    configured = hyperparameters(run.optimizer)
-    for index, folder in enumerate(candidates):
-        problem = None
-        try:
-            shared, rank_state = ckpt.restore_training_state(folder, run.accelerator, run.optimizer, run.scheduler)
-            ckpt.load_weights(folder, run.unwrapped.model, run.unwrapped.objectives)
-        except ConfigError:
-            raise
-        except Exception as error:  # noqa: BLE001 - any unreadable file: name it, fall back
-            problem = f"{type(error).__name__}: {str(error)[:200]}"
-        problems = [found for found in gather_objects([problem]) if found]  # every rank falls back together
-        if not problems:
-            break
-        if index == len(candidates) - 1:
-            raise ConfigError(f"--resume: no checkpoint in {run.output_dir} loads; the last one tried, {folder}, "
-                              f"fails with {problems[0]}")
-        run.accelerator.print(f"[vlalign] warning: checkpoint {folder} is unreadable ({problems[0]}); "
-                              f"trying the previous one, {candidates[index + 1].name}")
-    run.state.restore(shared, rank_state)
-    reapply_hyperparameters(run.optimizer, run.scheduler, configured)
-    state = run.state
-    run.accelerator.print(f"[vlalign] resumed from {folder} at step {state.step} (epoch {state.epoch}, "
-                          f"batch {state.batches_done})")
 
 
 def _run_epoch(run: Run) -> None:
@@ -291,18 +218,18 @@ def _train_batch(run: Run, batch) -> None:
     state.batches_done += 1
     state.skips.merge(batch.skips)
     state.truncated += batch.truncated
-    if _a_rank_has_nothing(run, batch):
+    if a_rank_has_nothing(run, batch):
         return
     with accelerator.accumulate(run.module):
         total, losses, metrics = run.module(batch)
         accelerator.backward(total)
-        finite = torch.isfinite(total.detach())  # read once per update, not per micro-step (no extra sync)
+        finite = torch.isfinite(total.detach())  # judged at the update, on every rank (below)
         state.window_finite = finite & state.window_finite
         state.window_records += list(batch.record_ids)
         if accelerator.sync_gradients:
             # the norm is needed anyway for the guard; an infinite limit measures without clipping
             norm = accelerator.clip_grad_norm_(run.module.parameters(), tc.max_grad_norm or math.inf)
-            if not _update_is_finite(run, losses, norm):
+            if not update_is_finite(run, losses, norm):
                 run.optimizer.zero_grad(set_to_none=True)
                 return
         run.optimizer.step()
@@ -321,53 +248,6 @@ def _train_batch(run: Run, batch) -> None:
         if accelerator.is_main_process:
             ckpt.prune_checkpoints(run.output_dir, tc.keep_checkpoints, run.run_id)
         ckpt.fault_point(f"after_step_{state.step}")
-
-
-def _a_rank_has_nothing(run: Run, batch) -> bool:
-    """Whether this micro-step is left out: here, when every record of this batch was skipped (and counted); under
-    several processes, when that happened on any rank. All ranks must leave it out together: a rank that returned
-    alone would miss the gradient all-reduce the others wait in (a hang), or pair its next batch's collectives with
-    their current ones. The records the other ranks leave out are counted (`left_out_for_sync`)."""
-    empty_here = len(batch) == 0
-    if run.accelerator.num_processes == 1:
-        return empty_here
-    if mean_over_ranks([float(empty_here)], run.accelerator.device)[0] == 0.0:
-        return False
-    run.state.left_out_for_sync += len(batch)
-    return True
-
-
-def _update_is_finite(run: Run, losses: dict, norm) -> bool:
-    """The non-finite guard, before an update: every loss since the last update and the gradient norm finite on
-    every rank (all ranks agree, one collective). Otherwise stop with the step, records and terms, or (skip_batch)
-    skip this update, count it, and stop after `max_nonfinite_in_a_row` skips in a row."""
-    state, tc, accelerator = run.state, run.config.train, run.accelerator
-    # Under fp16 the GradScaler skips steps with overflowing gradients by design; only the loss is judged there.
-    # DeepSpeed clips inside its engine and may report no norm.
-    norm_ok = tc.mixed_precision == "fp16" or norm is None or bool(torch.isfinite(torch.as_tensor(norm)))
-    local_ok = bool(state.window_finite) and norm_ok
-    everywhere_ok = mean_over_ranks([float(local_ok)], accelerator.device)[0] == 1.0
-    records, state.window_finite, state.window_records = state.window_records, True, []
-    if everywhere_ok:
-        state.nonfinite_in_a_row = 0
-        return True
-    mine = None if local_ok else (records, {name: float(value) for name, value in losses.items()},
-                                  None if norm is None else float(norm))
-    rank, (bad_records, terms, bad_norm) = next((rank, found) for rank, found in enumerate(gather_objects([mine]))
-                                                if found)
-    what = (f"non-finite loss or gradient before update {state.step + 1} (rank {rank}: loss terms "
-            f"{terms}, gradient norm {bad_norm}; records {bad_records})")
-    if tc.on_nonfinite == "stop":
-        raise TrainingError(f"{what}; nothing was updated. Lower train.lr, check those records, or set "
-                            f"train.on_nonfinite=skip_batch")
-    state.nonfinite_skipped += 1
-    state.nonfinite_in_a_row += 1
-    if state.nonfinite_in_a_row >= tc.max_nonfinite_in_a_row:
-        raise TrainingError(f"{what}; {state.nonfinite_in_a_row} updates in a row were non-finite "
-                            f"(train.max_nonfinite_in_a_row), stopping")
-    if accelerator.is_main_process:
-        run.logger.bar.write(f"[vlalign] skipped: {what} ({state.nonfinite_skipped} skipped so far)")
-    return False
 
 
 @contextlib.contextmanager
@@ -429,26 +309,6 @@ def _finish(run: Run) -> Path:
     run.accelerator.end_training()
     run.accelerator.print(f"[vlalign] stage {run.config.train.stage} done: {final}")
     return final
-
-
-def _resume_candidates(resume, output_dir: Path, run_id: str) -> list[Path]:
-    """Checkpoints to resume from, newest first (the older ones are the fallback if the newest is corrupt)."""
-    if not resume:
-        return []
-    if resume is not True:
-        folder = Path(resume)
-        if not ckpt.is_complete(folder):
-            raise ConfigError(f"--resume {folder}: not a complete checkpoint")
-        return [folder]
-    found = ckpt.complete_checkpoints(output_dir, run_id)[::-1]
-    if found:
-        return found
-    if ckpt.is_complete(output_dir / "final"):
-        raise ConfigError(f"--resume: the run in {output_dir} has finished (final/ is written) and keeps no "
-                          f"resumable checkpoint; to train further, start a new run with "
-                          f"train.init_from={output_dir / 'final'}")
-    print(f"[vlalign] --resume: no complete checkpoint in {output_dir}; starting from scratch")
-    return []
 
 
 def _make_accelerator(tc, output_dir: Path):

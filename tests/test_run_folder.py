@@ -27,6 +27,7 @@ def test_a_new_run_into_a_used_folder_is_refused_or_moves_the_old_run_aside(tiny
     settings = ("train.max_steps=2", "train.save_every=1", "train.keep_checkpoints=0", f"train.output_dir={out}")
     first = train(tiny_config(1, *settings))
     first_weights, first_id = _weights(first), _run_id(first)
+    logs = ["tensorboard"] if (out / "tensorboard").is_dir() else []  # where the TensorBoard package is installed
     with pytest.raises(ConfigError, match=r"holds another run \(checkpoint-000001, final\): continue it with "
                                           r"--resume.*--overwrite"):
         train(tiny_config(1, *settings, "train.lr=5e-4"))
@@ -35,8 +36,8 @@ def test_a_new_run_into_a_used_folder_is_refused_or_moves_the_old_run_aside(tiny
     second = train(tiny_config(1, *settings, "train.lr=5e-4"), overwrite=True)
     aside = [p for p in out.iterdir() if p.name.startswith("replaced-")]
     assert len(aside) == 1
-    assert sorted(p.name for p in aside[0].iterdir()) == ["checkpoint-000001", "config.yaml", "data_report.json",
-                                                          "final", "metrics.jsonl", "run.json"]
+    assert sorted(p.name for p in aside[0].iterdir()) == sorted(["checkpoint-000001", "config.yaml", "data_report.json",
+                                                                 "final", "metrics.jsonl", "run.json", *logs])
     assert _weights(aside[0] / "final") == first_weights and _run_id(aside[0] / "final") == first_id  # kept whole
     assert _run_id(second) != first_id and _run_id(out / "checkpoint-000001") == _run_id(second)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

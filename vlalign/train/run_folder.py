@@ -20,7 +20,7 @@ from vlalign.errors import ConfigError
 RUN_FILE = "run.json"
 REPLACED_PREFIX = "replaced-"
 # What one run writes into its folder (checkpoints are matched by name below); anything else is left alone.
-RUN_FILES = ("run.json", "config.yaml", "metrics.jsonl", "data_report.json", "final", "eval")
+RUN_FILES = ("run.json", "config.yaml", "metrics.jsonl", "data_report.json", "final", "eval", "tensorboard")
 
 
 def run_id_of(checkpoint: Path) -> str | None:

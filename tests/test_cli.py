@@ -146,8 +146,10 @@ def test_model_sources_of_the_wrong_kind_are_named(tiny_config):
 def test_hub_ids_fail_fast_when_the_hub_is_out_of_reach(monkeypatch, tmp_path):
     import huggingface_hub.constants as hub
 
+    from vlalign.models import sources
     from vlalign.models.sources import go_offline_if_the_hub_is_unreachable
 
+    monkeypatch.setattr(sources, "_hub_probed", False)  # this process may have probed already
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub, "ENDPOINT", "https://hub.invalid")  # a name that never resolves
     go_offline_if_the_hub_is_unreachable(str(tmp_path))  # a local folder: no probe, nothing changes

@@ -32,6 +32,7 @@ def _truncation_is_an_error():
 
 
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+EXIF_ORIENTATION = 0x0112  # the EXIF tag; 1 = upright
 
 
 def _greyscale_to_8bit(image: Image.Image) -> Image.Image:
@@ -45,8 +46,11 @@ def _greyscale_to_8bit(image: Image.Image) -> Image.Image:
 
 
 def rgb_or_rgba(image: Image.Image) -> Image.Image:
-    """Any PIL image as 8-bit RGB, or RGBA when it carries transparency; upright by its EXIF orientation."""
-    image = ImageOps.exif_transpose(image)
+    """Any PIL image as 8-bit RGB, or RGBA when it carries transparency; upright by its EXIF orientation. An
+    upright RGB / RGBA image comes back as the same object (exif_transpose would copy it, and the model's
+    ImageTransform calls this on every image it gets)."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
     if image.mode in ("RGB", "RGBA"):
         return image
     if image.mode.startswith("I") or image.mode == "F":
@@ -59,7 +63,8 @@ def rgb_or_rgba(image: Image.Image) -> Image.Image:
 def _decode(source) -> Image.Image:
     with _truncation_is_an_error(), Image.open(source) as image:
         image.load()
-        return rgb_or_rgba(image)
+        decoded = rgb_or_rgba(image)
+        return image.copy() if decoded is image else decoded  # leaving `with` closes `image` itself
 
 
 def load_image(path: str | Path) -> Image.Image:

@@ -64,7 +64,7 @@ MODELING_PARTS = (
 )
 IMAGE_PROCESSING_PARTS = (
     *(Part(image_files, name) for name in ("DECODE_ERRORS", "_truncation_is_an_error", "ALPHA_MODES",
-                                           "_greyscale_to_8bit", "rgb_or_rgba", "_decode", "load_image")),
+                                           "EXIF_ORIENTATION", "_greyscale_to_8bit", "rgb_or_rgba", "_decode", "load_image")),
     Part(images, "ImageTransform"))
 
 

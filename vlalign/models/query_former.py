@@ -185,9 +185,12 @@ class QueryFormer(nn.Module):
                     + self.token_type_embeddings.weight[0])
         return self.embed_dropout(self.embed_norm(embedded))
 
-    def _run(self, states: torch.Tensor, num_queries: int, mask: torch.Tensor,
-             image_features: torch.Tensor | None) -> torch.Tensor:
+    def _run(self, states: torch.Tensor, num_queries: int, mask: torch.Tensor, image_features: torch.Tensor | None,
+             layer_inputs: list | None = None) -> torch.Tensor:
+        """All layers; `layer_inputs`, when given, collects each layer's input states."""
         for layer in self.layer:
+            if layer_inputs is not None:
+                layer_inputs.append(states)
             states = layer(states, num_queries, mask, image_features)
         return states
 
@@ -201,12 +204,10 @@ class QueryFormer(nn.Module):
             raise ValueError(f"vision features have {image_features.shape[-1]} channels; the Q-Former's "
                              f"cross-attention was built for {self.vision_dim}")
         batch = image_features.shape[0]
-        states = self.initial_queries(batch)
-        mask = torch.ones(batch, self.num_queries, self.num_queries, dtype=torch.bool, device=states.device)
-        inputs = []
-        for layer in self.layer:
-            inputs.append(states)
-            states = layer(states, self.num_queries, mask, image_features)
+        queries = self.initial_queries(batch)
+        mask = torch.ones(batch, self.num_queries, self.num_queries, dtype=torch.bool, device=queries.device)
+        inputs = [] if keep_layer_inputs else None
+        states = self._run(queries, self.num_queries, mask, image_features, inputs)
         return (states, torch.stack(inputs)) if keep_layer_inputs else states
 
     def encode_text(self, ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:

@@ -79,17 +79,22 @@ def go_offline_if_the_hub_is_unreachable(source_text: str) -> None:
     """A hub id with no route to the hub: switch huggingface_hub to offline mode for this process, so a cached
     model loads at once and an uncached one fails in seconds (with the network down, transformers otherwise
     retries for ~50 s before it gives up). One connection attempt per process; local folders never probe."""
-    if Path(source_text).exists():
+    global _hub_probed
+    if _hub_probed or Path(source_text).exists():
         return
     import huggingface_hub.constants as hub  # on use: only hub ids get here
 
     if hub.HF_HUB_OFFLINE:
         return
+    _hub_probed = True  # one model load asks for config, tokenizer and weights: probe for the first only
     endpoint = urlparse(hub.ENDPOINT)
     try:
         socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
     except OSError:
         hub.HF_HUB_OFFLINE = True
+
+
+_hub_probed = False
 
 
 def load_or_explain(source_text: str, what: str, loader: Callable[[], object]):

@@ -19,6 +19,7 @@ from vlalign.data.samples import resolve_layout
 from vlalign.errors import ConfigError
 from vlalign.models.connectors import connector_class, connector_options
 from vlalign.objectives import Requires, merged_sample_fields, resolved_objectives
+from vlalign.train.checkpoint import WEIGHTS_FILE
 from vlalign.train.stages import resolve_tune
 
 
@@ -61,11 +62,9 @@ def check_run_paths(config: RunConfig) -> None:
         raise ConfigError(f"data.train_file {data.train_file} does not exist")
     if data.image_root and not Path(data.image_root).is_dir():
         raise ConfigError(f"data.image_root {data.image_root} is not a folder")
-    if train.init_from:
-        folder = Path(train.init_from)
-        if not (folder / "model.safetensors").is_file() and not (folder / "final" / "model.safetensors").is_file():
-            raise ConfigError(f"train.init_from {folder} holds no vlalign checkpoint (no model.safetensors there "
-                              f"or in its final/)")
+    if train.init_from and not (Path(train.init_from) / WEIGHTS_FILE).is_file():
+        # the folder itself, as checkpoint.load_weights reads it (a stage folder's final/ is not looked into)
+        raise ConfigError(f"train.init_from {train.init_from} holds no vlalign checkpoint (no {WEIGHTS_FILE})")
     if train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision: fp16 needs a CUDA GPU (this machine has none: it would train in "
                           "fp32 without a word); use bf16 or no")

@@ -60,6 +60,13 @@ class DataConfig(Section):
     num_workers: NonNegative = 0
     system_prompt: str | None = None  # None: whatever the chat template adds by itself
     chat_template: str | None = None  # Jinja text or a file; None: the tokenizer's own template
+    # Padding-free batches: a batch's samples packed into rows of up to model.max_length tokens, no attention
+    # across samples (vlalign.data.packing). The same samples per step, so the same loss, with less padding.
+    packing: bool = False
+    # A frozen tower's output per image computed once and read from a float16 memory map afterwards, by later
+    # epochs, stages and runs (vlalign.data.vision_cache); folder: $VLALIGN_CACHE/vision_features by default.
+    cache_vision_features: bool = False
+    vision_feature_cache: str | None = None
 
 
 class LoraConfig(Section):
@@ -121,6 +128,9 @@ class TrainConfig(Section):
     log_every: AtLeastOne = 10
     save_every: AtLeastOne | None = None  # optimizer steps between resumable checkpoints
     keep_checkpoints: NonNegative = 2  # 0: keep every checkpoint
+    # Stage 1: drop this share of each image's visual tokens (and their placeholders) at random, as FLIP drops
+    # patches: shorter sequences, cheaper steps. Evaluation and generation always see every token.
+    visual_token_drop: Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)] = 0.0
     eval: TrainEvalConfig = Field(default_factory=TrainEvalConfig)
 
 

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from vlalign.data.images import ImageTransform, load_image
 from vlalign.data.llava_json import Record, SkipReport
+from vlalign.data.packing import first_fit_decreasing, packed_tensors, segment_ids
 from vlalign.data.samples import SAMPLE_FIELDS, FieldContext, LayoutContext, resolve_layout
 from vlalign.data.templates import IGNORE_INDEX
 from vlalign.errors import DataError
@@ -49,17 +50,43 @@ class Batch:
     truncated: int = 0
     # Declared per-sample fields (vlalign.data.samples), by name: a [B] tensor or a list of B values.
     extras: dict[str, Any] = field(default_factory=dict)
+    # Where each sample sits: row [B] and first column [B]. Padded batches: sample i is row i from column 0.
+    # Packed batches (vlalign.data.packing) hold several samples per row and carry `position_ids` [R, T],
+    # which restart at 0 for every sample; None when padded.
+    sample_rows: torch.Tensor | None = None
+    sample_starts: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.sample_rows is None:
+            self.sample_rows = torch.arange(len(self.record_ids), device=self.input_ids.device)
+            self.sample_starts = torch.zeros_like(self.sample_rows)
 
     def __len__(self) -> int:
         return len(self.record_ids)
 
-    def to(self, device) -> "Batch":
-        """Every tensor, the extras included, on `device`; everything else as it is."""
-        def move(value):
-            return value.to(device) if isinstance(value, torch.Tensor) else value
+    @property
+    def packed(self) -> bool:
+        return self.position_ids is not None
 
-        moved = {f.name: move(getattr(self, f.name)) for f in fields(self) if f.name != "extras"}
-        return Batch(**moved, extras={name: move(value) for name, value in self.extras.items()})
+    def at_sample_positions(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample token positions [B] (counted from each sample's first token) -> (rows, columns) [B]."""
+        positions = positions.to(self.sample_rows.device)
+        return self.sample_rows, self.sample_starts + positions
+
+    def token_samples(self) -> torch.Tensor:
+        """[R, T] the batch index of the sample each token belongs to; -1 on padding."""
+        owner = torch.full(self.input_ids.shape, -1, dtype=torch.long, device=self.input_ids.device)
+        places = zip(self.sample_rows.tolist(), self.sample_starts.tolist())
+        if self.packed:
+            segments = segment_ids(self.position_ids)
+            for sample, (row, start) in enumerate(places):
+                owner[row][segments[row] == segments[row, start]] = sample
+        else:
+            lengths = self.attention_mask.sum(dim=1).tolist()
+            for sample, (row, start) in enumerate(places):
+                owner[row, start:start + lengths[row]] = sample
+        return owner
 
 
 class LlavaDataset(Dataset):
@@ -114,9 +141,13 @@ class LlavaDataset(Dataset):
 
 
 class Collator:
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 8):
+    """Samples -> one Batch. `pack_length` set: padding-free packing into rows of at most that many tokens
+    (vlalign.data.packing); the batch's samples then appear in packed order. Else one padded row per sample."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 8, pack_length: int | None = None):
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.pack_length = pack_length
 
     def __call__(self, items: list[Sample | Skipped]) -> Batch:
         skips = SkipReport()
@@ -126,10 +157,16 @@ class Collator:
                 skips.add(item.error)
             else:
                 samples.append(item)
-        input_ids, labels, attention_mask = self._padded(samples)
+        if self.pack_length is not None:
+            rows = first_fit_decreasing([len(s.input_ids) for s in samples], self.pack_length)
+            layout = packed_tensors([(s.input_ids, s.labels) for s in samples], rows, self.pad_token_id,
+                                    self.pad_to_multiple_of)
+            samples = [samples[i] for row in rows for i in row]
+        else:
+            input_ids, labels, attention_mask = self._padded(samples)
+            layout = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
         images = [s.pixel_values for s in samples if s.pixel_values is not None]
-        return Batch(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                     pixel_values=torch.stack(images) if images else None,
+        return Batch(**layout, pixel_values=torch.stack(images) if images else None,
                      has_image=torch.tensor([s.pixel_values is not None for s in samples], dtype=torch.bool),
                      record_ids=[s.record_id for s in samples], skips=skips,
                      truncated=sum(s.truncated for s in samples), extras=gather_fields(samples))

@@ -132,8 +132,11 @@ class VisionLanguageModel(nn.Module):
         return spliced, image_mask, visual_tokens
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                pixel_values: torch.Tensor | None = None, request: ForwardRequest = ForwardRequest()) -> ModelOutput:
-        """`request`: what the objectives need (an LLM pass or not, auxiliary connector outputs)."""
+                pixel_values: torch.Tensor | None = None, request: ForwardRequest = ForwardRequest(),
+                position_ids: torch.Tensor | None = None) -> ModelOutput:
+        """`request`: what the objectives need (an LLM pass or not, auxiliary connector outputs).
+        `position_ids`: a packed batch's (vlalign.data.packing); the LLM then gets no 2D attention mask and
+        builds the per-sample block-diagonal causal mask from them (transformers' packed-sequence path)."""
         has_images = pixel_values is not None and pixel_values.shape[0] > 0
         encoded = self.encode_images_with_aux(pixel_values, request.connector_aux) if has_images else None
         visual_tokens, aux = (encoded.tokens, encoded.aux) if encoded is not None else (None, {})
@@ -143,7 +146,8 @@ class VisionLanguageModel(nn.Module):
                                visual_tokens=visual_tokens, inputs_embeds=None, lm_head=lm_head, connector_aux=aux)
         inputs_embeds, image_mask, visual_tokens = self.embed(input_ids, pixel_values, visual_tokens)
         decoder_output = self.language_model.get_decoder()(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask if position_ids is None else None,
+            position_ids=position_ids, use_cache=False)
         return ModelOutput(hidden_states=decoder_output.last_hidden_state, attention_mask=attention_mask,
                            image_mask=image_mask, visual_tokens=visual_tokens, inputs_embeds=inputs_embeds,
                            lm_head=lm_head, connector_aux=aux)

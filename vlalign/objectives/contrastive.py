@@ -74,9 +74,8 @@ class EosContrastive(Objective):
     def forward(self, output, batch, model) -> Terms:
         if self.text_embeddings is None:
             raise RuntimeError("eos_contrastive.prepare() was not called: no caption embeddings")
-        rows = torch.arange(len(batch), device=output.hidden_states.device)
-        positions = read_positions(batch.extras["image_eos_position"], self.options.read)
-        image_side = output.hidden_states[rows, positions.to(rows.device)]
+        rows, columns = batch.at_sample_positions(read_positions(batch.extras["image_eos_position"], self.options.read))
+        image_side = output.hidden_states[rows, columns]
         text_side = torch.from_numpy(self.text_embeddings[batch.extras["index"]]).to(image_side.device, torch.float32)
         loss, logged = self.pair_loss(image_side, text_side)
         return Terms({self.name: loss}, {f"{self.name}_{key}": value for key, value in logged.items()})
@@ -107,21 +106,22 @@ class CgContrastive(Objective):
     def forward(self, output, batch, model) -> Terms:
         if output.visual_tokens is None:
             raise ValueError("cg_contrastive: the batch has no images")
-        image_rows = batch.has_image.nonzero().flatten()
-        caption = (batch.labels != IGNORE_INDEX) & ~torch.isin(
+        image_samples = batch.has_image.nonzero().flatten()
+        supervised = (batch.labels != IGNORE_INDEX) & ~torch.isin(
             batch.input_ids, torch.tensor(self.special_ids, device=batch.input_ids.device))
-        caption = caption[image_rows]
-        counts = caption.sum(dim=1)
-        if (counts == 0).any():
-            empty = [batch.record_ids[int(image_rows[i])] for i in (counts == 0).nonzero().flatten()]
+        owner = batch.token_samples()  # a packed row holds several samples: select each one's tokens
+        captions = [supervised & (owner == sample) for sample in image_samples.tolist()]
+        counts = [int(caption.sum()) for caption in captions]
+        if 0 in counts:
+            empty = [batch.record_ids[int(image_samples[i])] for i, count in enumerate(counts) if count == 0]
             raise ValueError(f"cg_contrastive: record(s) {empty} have no caption token (all-masked caption)")
         # Pool before gathering: [B, 1, D] travels between ranks instead of [B, Nv, D]; the mean is the same.
         pooled = output.visual_tokens.float().mean(dim=1, keepdim=True)
-        width = max(gather_objects([int(counts.max())]))
-        text = output.inputs_embeds.new_zeros((len(image_rows), width, output.inputs_embeds.shape[-1]))
-        mask = torch.zeros((len(image_rows), width), dtype=torch.bool, device=text.device)
-        for slot, row in enumerate(image_rows.tolist()):
-            tokens = output.inputs_embeds[row][caption[slot]]
+        width = max(gather_objects([max(counts)]))
+        text = output.inputs_embeds.new_zeros((len(image_samples), width, output.inputs_embeds.shape[-1]))
+        mask = torch.zeros((len(image_samples), width), dtype=torch.bool, device=text.device)
+        for slot, caption in enumerate(captions):
+            tokens = output.inputs_embeds[caption]
             text[slot, :len(tokens)] = tokens
             mask[slot, :len(tokens)] = True
         pooled_all, _ = gather_rows(pooled)

@@ -29,6 +29,30 @@ def check_config(config: RunConfig) -> None:
     for name, (cls, _) in resolved.items():  # first: these errors name the objective and say why
         check_requires(name, cls.requires, config)
     resolve_layout(config.data.format, merged_sample_fields(config.objectives))
+    check_throughput_options(config, resolved)
+
+
+def check_throughput_options(config: RunConfig, resolved: dict) -> None:
+    """Packing, cached tower features and visual-token drop, where they cannot work, are errors saying why."""
+    without_llm = [name for name, (cls, _) in resolved.items() if not cls.forward_request.run_llm]
+    tower = resolve_tune(config.train.stage, config.train.tune)["vision"]
+    if config.data.packing and without_llm:
+        raise ConfigError(f"data.packing packs LLM sequences, but objective(s) {without_llm} run no LLM pass "
+                          f"(their text goes through the query former, one caption per image); unset data.packing")
+    drop = config.train.visual_token_drop
+    if drop and config.train.stage != 1:
+        raise ConfigError(f"train.visual_token_drop: {drop} applies to stage 1 (alignment) only; stage 2 learns "
+                          f"to answer from every visual token")
+    if drop and without_llm:
+        raise ConfigError(f"train.visual_token_drop shortens the LLM's input, but objective(s) {without_llm} run "
+                          f"no LLM pass")
+    if config.data.cache_vision_features:
+        if tower != "frozen":
+            raise ConfigError(f"data.cache_vision_features needs a frozen vision tower; stage {config.train.stage} "
+                              f"trains it (train.tune.vision: {tower}), so its features change every step")
+        if connector_class(config.model.connector).reads_pixels:
+            raise ConfigError(f"data.cache_vision_features: connector {config.model.connector!r} reads the "
+                              f"pixels too (its own image branch), so the images must still be decoded every step")
 
 
 def check_requires(name: str, requires: Requires, config: RunConfig) -> None:

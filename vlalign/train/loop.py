@@ -58,7 +58,8 @@ class TrainingModule(nn.Module):
         return self
 
     def forward(self, batch):
-        output = self.model(batch.input_ids, batch.attention_mask, batch.pixel_values, request=self.request)
+        output = self.model(batch.input_ids, batch.attention_mask, batch.pixel_values, request=self.request,
+                            position_ids=batch.position_ids)
         total = torch.zeros((), dtype=torch.float32, device=batch.input_ids.device)
         losses, metrics = {}, {}
         for objective in self.objectives.values():
@@ -343,7 +344,9 @@ def _build_loader(config: RunConfig, model, skips: SkipReport):
     dataset = build_dataset(config, model, skips, merged_sample_fields(config.objectives))
     sampler = LengthGroupedBatchSampler(dataset.estimated_lengths(), tc.batch_size, tc.seed,
                                         config.data.group_by_length)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(model.tokenizer.pad_token_id),
+    pack_length = config.model.max_length if config.data.packing else None
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(model.tokenizer.pad_token_id,
+                                                                             pack_length=pack_length),
                         num_workers=config.data.num_workers,
                         generator=torch.Generator().manual_seed(tc.seed))  # keeps global RNG untouched
     return loader, sampler

@@ -76,6 +76,7 @@ class Connector(nn.Module):
     # fixed number of learned queries, not tied to image positions (patch diagnostics and SEA skip these).
     kind: ClassVar[str] = "patch"
     window: int | None = 1  # patch cells per visual token along each side (None: no patch grid)
+    reads_pixels: ClassVar[bool] = False  # True: `encode` needs the pixel values as well as the tower's output
 
     def __init__(self, options: ConnectorOptions):
         super().__init__()

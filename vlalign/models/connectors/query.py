@@ -118,6 +118,8 @@ class QFormerConnector(Connector):
 class XFormerConnector(QFormerConnector):
     """Q-Former + the MAE branch (X-Former sec. 2.3)."""
 
+    reads_pixels = True  # the MAE branch encodes the image itself
+
     Options = XFormerOptions
 
     def __init__(self, vision_dim: int, llm_dim: int, options: XFormerOptions, tower_stats=None):

@@ -15,11 +15,13 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from vlalign.data.feature_store import VisionFeatureSource
 from vlalign.data.images import ImageTransform, load_image
 from vlalign.data.llava_json import Record, SkipReport
 from vlalign.data.packing import first_fit_decreasing, packed_tensors, segment_ids
 from vlalign.data.samples import SAMPLE_FIELDS, FieldContext, LayoutContext, resolve_layout
 from vlalign.data.templates import IGNORE_INDEX
+from vlalign.data.token_drop import drop_visual_placeholders, kept_count, kept_visual_tokens
 from vlalign.errors import DataError
 
 
@@ -31,6 +33,12 @@ class Sample:
     pixel_values: torch.Tensor | None
     truncated: bool
     fields: dict[str, Any] = field(default_factory=dict)  # the per-sample fields the objectives asked for
+    vision_features: torch.Tensor | None = None  # [tokens, C] the frozen tower's cached output, instead of pixels
+    visual_keep: list[int] | None = None  # train.visual_token_drop: which visual tokens the placeholders stand for
+
+    @property
+    def has_image(self) -> bool:
+        return self.pixel_values is not None or self.vision_features is not None
 
 
 @dataclass
@@ -56,6 +64,10 @@ class Batch:
     sample_rows: torch.Tensor | None = None
     sample_starts: torch.Tensor | None = None
     position_ids: torch.Tensor | None = None
+    # The tower's cached output [num_images, tokens, C] (data.cache_vision_features), in place of pixel_values.
+    vision_features: torch.Tensor | None = None
+    # train.visual_token_drop: per image, the indices [num_images, kept] of the visual tokens its placeholders hold.
+    visual_keep: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.sample_rows is None:
@@ -108,14 +120,22 @@ class LlavaDataset(Dataset):
         self.layout, self.layout_options = resolve_layout(fmt, self.fields)
         self.context = LayoutContext(tokenizer, image_token_id, num_visual_tokens, max_length, system_prompt,
                                      chat_template)
+        # Set by the training loop when configured: cached tower features instead of pixels
+        # (vlalign.data.feature_store), and the visual-token drop (share, seed; vlalign.data.token_drop).
+        self.feature_source: VisionFeatureSource | None = None
+        self.token_drop: tuple[float, int] | None = None
+        self.epoch = 0  # the drop draws anew each epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.records)
 
     def estimated_lengths(self) -> list[int]:
         """Token-count estimates for length grouping (~4 characters per token), without tokenizing."""
-        return [(self.num_visual_tokens if r.image is not None else 0) + r.text_length // 4 + 8
-                for r in self.records]
+        visual = kept_count(self.num_visual_tokens, self.token_drop[0]) if self.token_drop else self.num_visual_tokens
+        return [(visual if r.image is not None else 0) + r.text_length // 4 + 8 for r in self.records]
 
     def __getitem__(self, index: int) -> Sample | Skipped:
         record = self.records[index]
@@ -128,16 +148,30 @@ class LlavaDataset(Dataset):
 
     def _build(self, record: Record, index: int) -> Sample:
         tokens = self.layout.tokenize(record, self.context, self.layout_options)
-        pixel_values = None
-        if record.image is not None:
-            try:
-                pixel_values = self.transform(load_image(record.image))
-            except OSError as exc:
-                raise DataError(str(exc), reason="unreadable_image", record_id=record.id,
-                                file=record.source_file, field="image") from exc
+        keep = None
+        if record.image is not None and self.token_drop is not None:
+            share, seed = self.token_drop
+            keep = kept_visual_tokens(self.num_visual_tokens, share, seed, record.id, self.epoch)
+            tokens = drop_visual_placeholders(tokens, self.image_token_id, keep, self.num_visual_tokens)
+        pixel_values = features = None
+        if record.image is not None and self.feature_source is not None:
+            cached = self.feature_source.read(record.image)
+            features = torch.from_numpy(cached) if cached is not None else None
+        if record.image is not None and features is None:
+            pixel_values = self._pixels(record)
+            if self.feature_source is not None:  # decoded now, yet the feature build could not read it
+                raise RuntimeError(f"image {record.image} of record {record.id} is missing from the feature cache")
         context = FieldContext(record, tokens, index, self.layout)
         values = {name: SAMPLE_FIELDS[name].extract(context) for name in self.fields}
-        return Sample(record.id, tokens.input_ids, tokens.labels, pixel_values, tokens.truncated, values)
+        return Sample(record.id, tokens.input_ids, tokens.labels, pixel_values, tokens.truncated, values,
+                      vision_features=features, visual_keep=keep)
+
+    def _pixels(self, record: Record) -> torch.Tensor:
+        try:
+            return self.transform(load_image(record.image))
+        except OSError as exc:
+            raise DataError(str(exc), reason="unreadable_image", record_id=record.id,
+                            file=record.source_file, field="image") from exc
 
 
 class Collator:
@@ -165,9 +199,17 @@ class Collator:
         else:
             input_ids, labels, attention_mask = self._padded(samples)
             layout = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-        images = [s.pixel_values for s in samples if s.pixel_values is not None]
-        return Batch(**layout, pixel_values=torch.stack(images) if images else None,
-                     has_image=torch.tensor([s.pixel_values is not None for s in samples], dtype=torch.bool),
+        pixels = [s.pixel_values for s in samples if s.pixel_values is not None]
+        features = [s.vision_features for s in samples if s.vision_features is not None]
+        if pixels and features:
+            raise RuntimeError("a batch mixes decoded images and cached tower features")
+        keep = [s.visual_keep for s in samples if s.has_image]
+        if any(k is None for k in keep) and any(k is not None for k in keep):
+            raise RuntimeError("a batch mixes images with dropped visual tokens and images without")
+        return Batch(**layout, pixel_values=torch.stack(pixels) if pixels else None,
+                     vision_features=torch.stack(features) if features else None,
+                     visual_keep=torch.tensor(keep, dtype=torch.long) if keep and keep[0] is not None else None,
+                     has_image=torch.tensor([s.has_image for s in samples], dtype=torch.bool),
                      record_ids=[s.record_id for s in samples], skips=skips,
                      truncated=sum(s.truncated for s in samples), extras=gather_fields(samples))
 

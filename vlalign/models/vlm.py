@@ -104,19 +104,27 @@ class VisionLanguageModel(nn.Module):
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.encode_images_with_aux(pixel_values).tokens
 
-    def encode_images_with_aux(self, pixel_values: torch.Tensor, aux: frozenset[str] = frozenset()) -> ConnectorOutput:
-        """Visual tokens [num_images, Nv, D] and the auxiliary connector tensors named in `aux`."""
-        tower_trains = any(p.requires_grad for p in self.vision_tower.parameters())
-        with torch.set_grad_enabled(tower_trains and torch.is_grad_enabled()):
-            vision_tokens = self.vision_tower(pixel_values)
+    def encode_images_with_aux(self, pixel_values: torch.Tensor | None, aux: frozenset[str] = frozenset(),
+                               vision_features: torch.Tensor | None = None) -> ConnectorOutput:
+        """Visual tokens [num_images, Nv, D] and the auxiliary connector tensors named in `aux`.
+        `vision_features`: the frozen tower's output, cached (vlalign.data.feature_store): the tower does not run."""
+        if vision_features is not None:
+            vision_tokens = vision_features.float()
+        else:
+            tower_trains = any(p.requires_grad for p in self.vision_tower.parameters())
+            with torch.set_grad_enabled(tower_trains and torch.is_grad_enabled()):
+                vision_tokens = self.vision_tower(pixel_values)
         encoded = self.multi_modal_projector.encode(vision_tokens, self.vision_tower.grid, pixel_values, aux)
         if encoded.tokens.shape[1] != self.num_visual_tokens:
             raise RuntimeError(f"connector produced {encoded.tokens.shape[1]} tokens, expected {self.num_visual_tokens}")
         return encoded
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, encoded=None):
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, encoded=None,
+              visual_keep: torch.Tensor | None = None):
         """Token embeddings with every `<image>` placeholder replaced, in order, by a visual token.
-        `encoded`: visual tokens already computed for these pixel values."""
+        `encoded`: visual tokens already computed for these pixel values. `visual_keep` [num_images, k]: the
+        placeholders stand for these visual tokens of each image only (train.visual_token_drop); the visual
+        tokens returned are still all of them."""
         image_mask = input_ids == self.image_token_id
         inputs_embeds = self.language_model.get_input_embeddings()(input_ids)
         n_placeholders = int(image_mask.sum())
@@ -125,26 +133,34 @@ class VisionLanguageModel(nn.Module):
                 raise ValueError(f"batch has {n_placeholders} <image> placeholders but no images")
             return inputs_embeds, image_mask, None
         visual_tokens = self.encode_images(pixel_values) if encoded is None else encoded
-        if n_placeholders != visual_tokens.shape[0] * visual_tokens.shape[1]:
+        shown = visual_tokens
+        if visual_keep is not None:
+            index = visual_keep.to(visual_tokens.device)[..., None].expand(-1, -1, visual_tokens.shape[-1])
+            shown = visual_tokens.gather(1, index)
+        if n_placeholders != shown.shape[0] * shown.shape[1]:
             raise ValueError(f"image features and image tokens do not match: {n_placeholders} placeholders, "
-                             f"{visual_tokens.shape[0]} images x {visual_tokens.shape[1]} visual tokens")
-        spliced = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), visual_tokens.to(inputs_embeds.dtype))
+                             f"{shown.shape[0]} images x {shown.shape[1]} visual tokens")
+        spliced = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), shown.to(inputs_embeds.dtype))
         return spliced, image_mask, visual_tokens
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 pixel_values: torch.Tensor | None = None, request: ForwardRequest = ForwardRequest(),
-                position_ids: torch.Tensor | None = None) -> ModelOutput:
+                position_ids: torch.Tensor | None = None, vision_features: torch.Tensor | None = None,
+                visual_keep: torch.Tensor | None = None) -> ModelOutput:
         """`request`: what the objectives need (an LLM pass or not, auxiliary connector outputs).
         `position_ids`: a packed batch's (vlalign.data.packing); the LLM then gets no 2D attention mask and
-        builds the per-sample block-diagonal causal mask from them (transformers' packed-sequence path)."""
-        has_images = pixel_values is not None and pixel_values.shape[0] > 0
-        encoded = self.encode_images_with_aux(pixel_values, request.connector_aux) if has_images else None
+        builds the per-sample block-diagonal causal mask from them (transformers' packed-sequence path).
+        `vision_features`: the tower's cached output in place of `pixel_values`; `visual_keep`: see `embed`."""
+        images = pixel_values if pixel_values is not None else vision_features
+        has_images = images is not None and images.shape[0] > 0
+        encoded = (self.encode_images_with_aux(pixel_values, request.connector_aux, vision_features)
+                   if has_images else None)
         visual_tokens, aux = (encoded.tokens, encoded.aux) if encoded is not None else (None, {})
         lm_head = self.language_model.get_output_embeddings()
         if not request.run_llm:
             return ModelOutput(hidden_states=None, attention_mask=attention_mask, image_mask=None,
                                visual_tokens=visual_tokens, inputs_embeds=None, lm_head=lm_head, connector_aux=aux)
-        inputs_embeds, image_mask, visual_tokens = self.embed(input_ids, pixel_values, visual_tokens)
+        inputs_embeds, image_mask, visual_tokens = self.embed(input_ids, images, visual_tokens, visual_keep)
         decoder_output = self.language_model.get_decoder()(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask if position_ids is None else None,
             position_ids=position_ids, use_cache=False)

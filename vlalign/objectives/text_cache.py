@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from vlalign.files import write_file_atomically
 from vlalign.data.eos_layout import TEXT_TEMPLATE, read_positions, text_inputs
 from vlalign.models.eos_embedding import eos_states
+from vlalign.models.fingerprint import update_with_weights
 
 CHUNK_ROWS = 256  # rows per flush: what an interruption can lose
 
@@ -38,11 +39,7 @@ def llm_fingerprint(language_model, tokenizer) -> str:
     and last 64 values, and the tokenizer's vocabulary size and special tokens."""
     digest = hashlib.sha256()
     digest.update(language_model.config.to_json_string().encode())
-    for name, tensor in language_model.state_dict().items():
-        flat = tensor.detach().reshape(-1)
-        sample = torch.cat([flat[:64], flat[-64:]]).float().cpu().numpy().tobytes()
-        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
-        digest.update(sample)
+    update_with_weights(digest, language_model)
     digest.update(json.dumps([len(tokenizer), tokenizer.eos_token, tokenizer.pad_token]).encode())
     return digest.hexdigest()
 

@@ -40,6 +40,7 @@ from vlalign.train.optim import build_optimizer, build_scheduler
 from vlalign.train.resume_changes import config_changes
 from vlalign.train.progress import StepLogger
 from vlalign.train.stages import apply_tune, format_parameter_table, keep_frozen_in_eval, parameter_table
+from vlalign.train.vision_features import attach_vision_features
 
 
 class TrainingModule(nn.Module):
@@ -59,7 +60,8 @@ class TrainingModule(nn.Module):
 
     def forward(self, batch):
         output = self.model(batch.input_ids, batch.attention_mask, batch.pixel_values, request=self.request,
-                            position_ids=batch.position_ids)
+                            position_ids=batch.position_ids, vision_features=batch.vision_features,
+                            visual_keep=batch.visual_keep)
         total = torch.zeros((), dtype=torch.float32, device=batch.input_ids.device)
         losses, metrics = {}, {}
         for objective in self.objectives.values():
@@ -173,7 +175,7 @@ def _start(config: RunConfig, resume, overwrite: bool, allow_changes: bool) -> R
     set_seed(tc.seed, device_specific=True)  # own dropout stream per rank; DDP syncs the init
     module, recipe = _build_model(config, accelerator)
     load_skips = SkipReport()
-    loader, sampler = _build_loader(config, module.model, load_skips)
+    loader, sampler = _build_loader(config, module.model, load_skips, accelerator)
     for objective in module.objectives.values():
         objective.prepare(module.model, loader.dataset, accelerator)
     optimizer = build_optimizer(module, tc)
@@ -204,6 +206,7 @@ def _run_epoch(run: Run) -> None:
     # run's fresh loader would count from 0, so set both explicitly.
     loader.set_epoch(state.epoch)
     run.sampler.set_epoch(state.epoch)
+    run.loader.dataset.set_epoch(state.epoch)  # the visual-token drop draws per epoch
     for batch in loader:
         _train_batch(run, batch)
         if state.step >= run.total_steps:
@@ -339,9 +342,13 @@ def _build_model(config: RunConfig, accelerator) -> tuple[TrainingModule, dict]:
     return TrainingModule(model, objectives), recipe
 
 
-def _build_loader(config: RunConfig, model, skips: SkipReport):
+def _build_loader(config: RunConfig, model, skips: SkipReport, accelerator):
     tc = config.train
     dataset = build_dataset(config, model, skips, merged_sample_fields(config.objectives))
+    if tc.visual_token_drop:
+        dataset.token_drop = (tc.visual_token_drop, tc.seed)
+    if config.data.cache_vision_features:
+        attach_vision_features(model, dataset, config.data.vision_feature_cache, accelerator)
     sampler = LengthGroupedBatchSampler(dataset.estimated_lengths(), tc.batch_size, tc.seed,
                                         config.data.group_by_length)
     pack_length = config.model.max_length if config.data.packing else None

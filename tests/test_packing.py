@@ -38,7 +38,7 @@ def test_packed_rows_restart_positions_and_never_target_across_a_boundary():
     assert segment_ids(layout["position_ids"]).tolist() == [[0, 0, 0, 0, 1, 1, 1, 2], [0, 0, 1, 1, 1, 1, 1, 1]]
 
 
-def _build(tiny_config, tmp_path, objectives: dict, stage: int = 1):
+def _build(tiny_config, tmp_path, objectives: dict, stage: int = 1, attn: str = "sdpa"):
     from vlalign.data.build import build_dataset
     from vlalign.data.llava_json import SkipReport
     from vlalign.models.vlm import VisionLanguageModel
@@ -52,7 +52,7 @@ def _build(tiny_config, tmp_path, objectives: dict, stage: int = 1):
         def main_process_first(self):
             return nullcontext()
 
-    config = tiny_config(stage, f"objectives={json.dumps(objectives)}")
+    config = tiny_config(stage, f"objectives={json.dumps(objectives)}", f"model.attn_implementation={attn}")
     torch.manual_seed(0)
     model = VisionLanguageModel.from_config(config.model)
     apply_tune(model, stage, config.train.tune)
@@ -73,10 +73,10 @@ def _loss_and_grads(module, batch):
     return total.detach(), losses, grads
 
 
-def _packed_and_padded(module, dataset, count: int, pack_length: int):
+def _packed_and_padded(module, dataset, count: int, pack_length: int | None):
     samples = [dataset[i] for i in range(count)]
     pad = module.model.tokenizer.pad_token_id
-    packed = Collator(pad, pack_length=pack_length)(samples)
+    packed = Collator(pad, packing=True, pack_length=pack_length)(samples)
     order = {sample.record_id: sample for sample in samples}
     padded = Collator(pad)([order[record_id] for record_id in packed.record_ids])  # the same samples, same order
     return packed, padded
@@ -88,8 +88,10 @@ def _sea_labels(toy_data, folder):
     return str(_synthetic_labels(toy_data, folder))
 
 
-@pytest.mark.parametrize("name", ["generative", "eos_contrastive", "cg_contrastive", "sea"])
-def test_a_packed_batch_has_the_loss_and_gradients_of_the_same_samples_padded(name, tiny_config, toy_data,
+@pytest.mark.parametrize("name, attn", [("generative", "sdpa"), ("eos_contrastive", "sdpa"),
+                                        ("cg_contrastive", "sdpa"), ("sea", "sdpa"),
+                                        ("generative", "sdpa_varlen"), ("eos_contrastive", "sdpa_varlen")])
+def test_a_packed_batch_has_the_loss_and_gradients_of_the_same_samples_padded(name, attn, tiny_config, toy_data,
                                                                              tmp_path):
     objectives = {"generative": {"weight": 1.0}}
     if name == "eos_contrastive":
@@ -98,8 +100,9 @@ def test_a_packed_batch_has_the_loss_and_gradients_of_the_same_samples_padded(na
         objectives[name] = {"weight": 1.0}
     elif name == "sea":
         objectives[name] = {"weight": 1.0, "labels": _sea_labels(toy_data, tmp_path / "labels")}
-    _, module, dataset = _build(tiny_config, tmp_path, objectives)
-    packed, padded = _packed_and_padded(module, dataset, count=8, pack_length=128)
+    _, module, dataset = _build(tiny_config, tmp_path, objectives, attn=attn)
+    # per-sample attention packs a batch into one row (vlalign.data.packing.packed_row_length)
+    packed, padded = _packed_and_padded(module, dataset, count=8, pack_length=128 if attn == "sdpa" else None)
     assert packed.packed and packed.input_ids.shape[0] < padded.input_ids.shape[0]  # several samples per row
     assert int(packed.attention_mask.sum()) == int(padded.attention_mask.sum())
     packed_total, packed_terms, packed_grads = _loss_and_grads(module, packed)
@@ -113,10 +116,11 @@ def test_a_packed_batch_has_the_loss_and_gradients_of_the_same_samples_padded(na
         torch.testing.assert_close(packed_grads[key], grad, rtol=1e-4, atol=1e-6, msg=key)
 
 
-def test_chat_samples_pack_with_text_only_records(tiny_config, tmp_path):
+@pytest.mark.parametrize("attn", ["sdpa", "sdpa_varlen"])
+def test_chat_samples_pack_with_text_only_records(attn, tiny_config, tmp_path):
     """Stage 2: multi-turn chat samples, some without an image, packed == padded under LoRA."""
-    _, module, dataset = _build(tiny_config, tmp_path, {"generative": {"weight": 1.0}}, stage=2)
-    packed, padded = _packed_and_padded(module, dataset, count=len(dataset), pack_length=128)
+    _, module, dataset = _build(tiny_config, tmp_path, {"generative": {"weight": 1.0}}, stage=2, attn=attn)
+    packed, padded = _packed_and_padded(module, dataset, count=len(dataset), pack_length=128 if attn == "sdpa" else None)
     assert not padded.has_image.all() and packed.input_ids.shape[0] < padded.input_ids.shape[0]
     packed_total, _, packed_grads = _loss_and_grads(module, packed)
     padded_total, _, padded_grads = _loss_and_grads(module, padded)
@@ -128,7 +132,7 @@ def test_chat_samples_pack_with_text_only_records(tiny_config, tmp_path):
 def test_no_token_attends_across_a_sample_boundary(tiny_config, tmp_path):
     from transformers.masking_utils import create_causal_mask
 
-    _, module, dataset = _build(tiny_config, tmp_path, {"generative": {"weight": 1.0}})
+    _, module, dataset = _build(tiny_config, tmp_path, {"generative": {"weight": 1.0}}, attn="sdpa_varlen")
     packed, _ = _packed_and_padded(module, dataset, count=8, pack_length=128)
     model = module.model.eval()
     owner = packed.token_samples()
@@ -147,7 +151,15 @@ def test_no_token_attends_across_a_sample_boundary(tiny_config, tmp_path):
     real = owner >= 0
     assert torch.equal(allowed & real[:, :, None] & real[:, None, :], same & causal & real[:, :, None])
 
-    # And in the model itself: changing the first sample's tokens leaves every other sample's states as they were.
+    # And in the model itself (sdpa, and per-sample sdpa_varlen): changing the first sample's tokens leaves every
+    # other sample's states as they were.
+    for attn in ("sdpa", "sdpa_varlen"):
+        _states_are_independent(model, packed, owner, attn)
+
+
+def _states_are_independent(model, packed, owner, attn):
+    model.language_model.config._attn_implementation = attn
+
     def states(input_ids, position_ids):
         with torch.no_grad():
             return model(input_ids, packed.attention_mask, packed.pixel_values, position_ids=position_ids).hidden_states
@@ -162,6 +174,7 @@ def test_no_token_attends_across_a_sample_boundary(tiny_config, tmp_path):
     # control: with plain positions (one long causal row) the same change does reach the later samples
     plain = torch.arange(packed.input_ids.shape[1]).expand_as(packed.input_ids)
     assert not torch.allclose(states(changed, plain)[others], states(packed.input_ids, plain)[others], atol=1e-4)
+    model.language_model.config._attn_implementation = "sdpa"
 
 
 def _weights(final):

@@ -175,12 +175,15 @@ class LlavaDataset(Dataset):
 
 
 class Collator:
-    """Samples -> one Batch. `pack_length` set: padding-free packing into rows of at most that many tokens
-    (vlalign.data.packing); the batch's samples then appear in packed order. Else one padded row per sample."""
+    """Samples -> one Batch: one padded row per sample, or with `packing` padding-free rows (vlalign.data.packing)
+    of at most `pack_length` tokens, or all in one row when `pack_length` is None (for attention that computes
+    each sample alone: the row's length then costs nothing); the batch's samples then appear in packed order."""
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 8, pack_length: int | None = None):
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 8, packing: bool = False,
+                 pack_length: int | None = None):
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.packing = packing
         self.pack_length = pack_length
 
     def __call__(self, items: list[Sample | Skipped]) -> Batch:
@@ -191,8 +194,9 @@ class Collator:
                 skips.add(item.error)
             else:
                 samples.append(item)
-        if self.pack_length is not None:
-            rows = first_fit_decreasing([len(s.input_ids) for s in samples], self.pack_length)
+        if self.packing:
+            lengths = [len(s.input_ids) for s in samples]
+            rows = first_fit_decreasing(lengths, self.pack_length or max(1, sum(lengths)))
             layout = packed_tensors([(s.input_ids, s.labels) for s in samples], rows, self.pad_token_id,
                                     self.pad_to_multiple_of)
             samples = [samples[i] for row in rows for i in row]

@@ -19,6 +19,17 @@ import torch
 from vlalign.data.templates import IGNORE_INDEX
 
 
+# Attention implementations that compute each packed sample on its own (vlalign.models.varlen_attention,
+# flash-attention's varlen kernels): for them a row's length costs nothing, so a batch packs into one row.
+PER_SAMPLE_ATTENTION = ("sdpa_varlen", "flash_attention_2", "flash_attention_3")
+
+
+def packed_row_length(model_config) -> int | None:
+    """Rows of at most model.max_length tokens where attention runs over whole rows (sdpa, eager: T^2 per row,
+    so a shorter row is cheaper); one row per batch (None) where it runs per sample."""
+    return None if model_config.attn_implementation in PER_SAMPLE_ATTENTION else model_config.max_length
+
+
 def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     """Sample indices grouped into rows of at most `capacity` tokens, longest first into the first row with
     room; rows in the order they were opened, samples in the order they were placed."""

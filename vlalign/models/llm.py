@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vlalign.errors import ModelSourceError
+from vlalign.models import varlen_attention
 from vlalign.models.sources import hf_folder_for_gguf, load_or_explain, parse_source
 
 
@@ -46,6 +47,9 @@ def check_is_causal_lm(source_text: str, folder: str) -> None:
 def load_llm(source_text: str, image_token: str, attn_implementation: str = "sdpa"):
     """Returns (causal LM with room for the image token, tokenizer, image token id)."""
     from transformers import AutoModelForCausalLM
+
+    if attn_implementation == varlen_attention.NAME:
+        varlen_attention.register()
 
     folder = resolve_llm_folder(source_text)
     check_is_causal_lm(source_text, folder)

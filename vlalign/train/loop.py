@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from vlalign.config import RunConfig, dump_config
 from vlalign.data.build import build_dataset
 from vlalign.data.dataset import Collator, LengthGroupedBatchSampler
+from vlalign.data.packing import packed_row_length
 from vlalign.data.llava_json import SkipReport
 from vlalign.distributed import gather_objects, quiesce
 from vlalign.errors import ConfigError, DataError, TrainingError
@@ -351,9 +352,9 @@ def _build_loader(config: RunConfig, model, skips: SkipReport, accelerator):
         attach_vision_features(model, dataset, config.data.vision_feature_cache, accelerator)
     sampler = LengthGroupedBatchSampler(dataset.estimated_lengths(), tc.batch_size, tc.seed,
                                         config.data.group_by_length)
-    pack_length = config.model.max_length if config.data.packing else None
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(model.tokenizer.pad_token_id,
-                                                                             pack_length=pack_length),
+    collator = Collator(model.tokenizer.pad_token_id, packing=config.data.packing,
+                        pack_length=packed_row_length(config.model))
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator,
                         num_workers=config.data.num_workers,
                         generator=torch.Generator().manual_seed(tc.seed))  # keeps global RNG untouched
     return loader, sampler

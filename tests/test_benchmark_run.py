@@ -139,12 +139,13 @@ def test_run_benchmark_with_blank_images_differs_only_in_pixels(stage2_checkpoin
     assert prompts_for(benchmark, records)[0].startswith("Is there a circle number 0?")
 
 
-def test_evaluation_during_training_leaves_the_weights_identical(tiny_config, toy_data, tmp_path):
+@pytest.mark.parametrize("precision", ["no", "bf16"])  # bf16: frozen weights in bf16, evaluation under autocast
+def test_evaluation_during_training_leaves_the_weights_identical(precision, tiny_config, toy_data, tmp_path):
     from vlalign.eval.during_training import training_eval_hook
 
     data = write_pope_file(tmp_path / "pope", toy_data["image_root"])
     settings = ("train.max_steps=4", "train.tune.llm=lora", "train.tune.lora.r=4", "train.tune.lora.dropout=0.3",
-                "train.batch_size=2")
+                "train.batch_size=2", f"train.mixed_precision={precision}")
     plain = train(tiny_config(2, *settings, f"train.output_dir={tmp_path / 'plain'}"))
     config = tiny_config(2, *settings, f"train.output_dir={tmp_path / 'evaluated'}", "train.eval.every=2",
                          "train.eval.limit=4", "train.eval.max_new_tokens=3",

@@ -44,14 +44,34 @@ def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     position_ids = position_ids.expand(query.shape[0], -1)
+    attend = _matmul_attention if query.device.type == "cpu" and torch.is_autocast_enabled("cpu") else _sdpa
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     rows = []
     for row, segments in enumerate(_segments(position_ids)):
-        parts = [F.scaled_dot_product_attention(query[row:row + 1, :, start:stop], key[row:row + 1, :, start:stop],
-                                                value[row:row + 1, :, start:stop], dropout_p=dropout, scale=scaling,
-                                                is_causal=stop - start > 1)
+        parts = [attend(query[row:row + 1, :, start:stop], key[row:row + 1, :, start:stop],
+                        value[row:row + 1, :, start:stop], scale, dropout)
                  for start, stop in segments]
         rows.append(torch.cat(parts, dim=2))
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def _sdpa(query, key, value, scale: float, dropout: float) -> torch.Tensor:
+    return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scale,
+                                          is_causal=query.shape[2] > 1)
+
+
+def _matmul_attention(query, key, value, scale: float, dropout: float) -> torch.Tensor:
+    """Causal attention as two matmuls in the autocast dtype and a float32 softmax (transformers' eager
+    attention under autocast). On CPUs under bf16 autocast this is 1.6-2.8x faster, forward + backward, than
+    PyTorch's flash-attention CPU kernel at the lengths of captions and instructions (80-300 tokens, measured
+    here); in float32 the kernel is faster, and it is used."""
+    dtype = torch.get_autocast_dtype("cpu")
+    length = query.shape[2]
+    scores = torch.matmul(query.to(dtype), key.to(dtype).transpose(-1, -2)).float() * scale
+    future = torch.ones(length, length, dtype=torch.bool, device=query.device).triu(1)
+    weights = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+    weights = F.dropout(weights, p=dropout, training=dropout > 0)
+    return torch.matmul(weights.to(dtype), value.to(dtype))
 
 
 def register() -> None:

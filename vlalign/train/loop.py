@@ -37,6 +37,7 @@ from vlalign.train import checkpoint as ckpt
 from vlalign.train.guards import a_rank_has_nothing, say_if_the_launcher_was_not_followed, update_is_finite
 from vlalign.train.resume import claim_folder, drop_metrics_after, restore, resume_candidates
 from vlalign.train.checks import check_config, check_run_paths
+from vlalign.train.fast_paths import store_frozen_linears_in
 from vlalign.train.optim import build_optimizer, build_scheduler
 from vlalign.train.resume_changes import config_changes
 from vlalign.train.progress import StepLogger
@@ -179,6 +180,7 @@ def _start(config: RunConfig, resume, overwrite: bool, allow_changes: bool) -> R
     loader, sampler = _build_loader(config, module.model, load_skips, accelerator)
     for objective in module.objectives.values():
         objective.prepare(module.model, loader.dataset, accelerator)
+    _store_frozen_weights_in_compute_dtype(module.model, accelerator)
     optimizer = build_optimizer(module, tc)
     module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
     total_steps = tc.max_steps or tc.epochs * max(1, math.ceil(len(loader) / tc.grad_accum))
@@ -196,6 +198,15 @@ def _start(config: RunConfig, resume, overwrite: bool, allow_changes: bool) -> R
     run.logger = StepLogger(accelerator, output_dir, total_steps, run.state.step)
     module.train()
     return run
+
+
+def _store_frozen_weights_in_compute_dtype(model, accelerator) -> None:
+    """Under bf16/fp16 autocast with DDP or one process, frozen linear weights are kept in that dtype
+    (vlalign.train.fast_paths: the same matmuls without a cast per step). FSDP and DeepSpeed manage
+    parameter dtypes themselves (and want one dtype per flat parameter): left alone there."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
+    if dtype is not None and accelerator.distributed_type.value not in ("DEEPSPEED", "FSDP"):
+        store_frozen_linears_in(model, dtype)
 
 
 def _run_epoch(run: Run) -> None:
@@ -273,7 +284,8 @@ def _run_step_hooks(run: Run) -> None:
         return
     values = {}
     model = run.unwrapped.model
-    with _rng_untouched(), torch.no_grad():
+    # under the training autocast: frozen weights may be stored in its dtype (_store_frozen_weights_in_compute_dtype)
+    with _rng_untouched(), torch.no_grad(), run.accelerator.autocast():
         model.eval()
         try:
             for hook in run.step_hooks:

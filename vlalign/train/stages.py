@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from vlalign.config import TuneConfig
+from vlalign.train.fast_paths import use_rand_dropout
 
 STAGE_DEFAULTS = {
     1: {"vision": "frozen", "connector": "full", "llm": "frozen"},
@@ -40,6 +41,7 @@ def inject_lora(language_model: nn.Module, tune: TuneConfig) -> None:
                  if isinstance(module, nn.Linear) and module is not output}
         config.target_modules = sorted(names)
     inject_adapter_in_model(config, language_model)
+    use_rand_dropout(language_model)
 
 
 def apply_tune(model, stage: int, tune: TuneConfig) -> dict[str, str]:

@@ -63,7 +63,7 @@ def cmd_generate(args) -> None:
     image = read_image(args.image) if args.image is not None else None
     check_prompt(args.prompt, load_config(resolve_checkpoint(args.checkpoint) / "config.yaml").model.image_token,
                  image is not None)
-    model, config = load_checkpoint_model(args.checkpoint)
+    model, config = load_checkpoint_model(args.checkpoint, merge_adapters=True)
     text = answer(model, config, image, args.prompt, max_new_tokens=args.max_new_tokens,
                   do_sample=args.sample, temperature=args.temperature, top_p=args.top_p)
     print(text)

@@ -74,7 +74,7 @@ def run_recipe(recipe: Recipe, ctx: DemoContext, test_sets: dict[str, list]) -> 
         reports.update(report)
     stage1, stage2, stages = _train_stages(ctx, patches)
     alignment = {"stage1": _alignment(stage1, world, ctx.run_dir / "alignment_stage1", ctx.preset)}
-    model, config = load_checkpoint_model(stage2)
+    model, config = load_checkpoint_model(stage2, merge_adapters=True)
     alignment["stage2"] = _alignment(stage2, world, ctx.run_dir / "alignment_stage2", ctx.preset, model, config)
     folder = resolve_checkpoint(stage2)
     identity = {"checkpoint": str(folder), "weights": checkpoint_fingerprint(folder)}

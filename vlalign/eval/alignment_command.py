@@ -56,7 +56,7 @@ def run_alignment(checkpoint: str | Path, data: str | Path, out: str | Path, *, 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if model is None:
-        model, config = load_checkpoint_model(checkpoint)
+        model, config = load_checkpoint_model(checkpoint, merge_adapters=True)
     pairs, root = read_pairs(data, image_root, limit)
     if len(pairs) < 2:
         raise ConfigError(f"--data {data}: alignment needs at least 2 image-caption pairs, found {len(pairs)}")

@@ -88,7 +88,7 @@ def run_benchmarks_command(checkpoint: str | Path, name: str, data: str | Path, 
     folder = resolve_checkpoint(checkpoint)  # a bad checkpoint fails before anything is written
     # Under torchrun / accelerate launch this joins the process group (gloo on CPUs) and names the device.
     state = PartialState(cpu=not torch.cuda.is_available())
-    model, config = load_checkpoint_model(folder, device or state.device)
+    model, config = load_checkpoint_model(folder, device or state.device, merge_adapters=True)
     identity = {"checkpoint": str(folder.resolve()), "weights": checkpoint_fingerprint(folder),
                 "data": str(Path(data).resolve()), "split": split}
     options = {"image_root": root, "batch_size": batch_size, "blank": blank,

@@ -158,7 +158,7 @@ class VlalignLMM(lmms):
         if unknown:
             raise ValueError(f"vlalign: unknown model_args {sorted(unknown)}; it takes checkpoint and device")
         self.batch_size = _parse_batch_size(batch_size)  # max_batch_size only bounds 'auto', which is not taken
-        self.model, self.config = load_checkpoint_model(checkpoint, device=device or None)
+        self.model, self.config = load_checkpoint_model(checkpoint, device=device or None, merge_adapters=True)
         self._transform = image_transform_for(self.model)
         self._image_tag = self.model.tokenizer.convert_ids_to_tokens(self.model.image_token_id)
 

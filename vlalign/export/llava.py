@@ -29,12 +29,13 @@ from vlalign.config import RunConfig, load_config
 from vlalign.errors import ConfigError
 from vlalign.export.common import check_out_folder, folder_size, llava_refusal
 from vlalign.export.llava_prompt import build_processor, check_export, save_processor
-from vlalign.export.llava_weights import build_llava, check_saved_layout, merge_lora
+from vlalign.export.llava_weights import build_llava, check_saved_layout
 from vlalign.files import write_folder_atomically
 from vlalign.models.connectors import connector_options
 from vlalign.models.sources import parse_source
 from vlalign.models.vision import HFVisionTower
 from vlalign.train.load import load_checkpoint_model, resolve_checkpoint
+from vlalign.train.stages import merge_lora
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_NAMES = {value: key for key, value in DTYPES.items()}

@@ -27,25 +27,6 @@ HUB_PREFIXES = ("vision_tower.vision_model.", "multi_modal_projector.", "languag
                 "language_model.lm_head.")
 
 
-def merge_lora(language_model: nn.Module) -> int:
-    """Fold every LoRA adapter into its base layer and put the plain layer back in its place, so the weight names are
-    the LLM's own (`...q_proj.weight`) and nothing of peft is left. Returns the number of merged layers."""
-    if not any("lora_" in name for name, _ in language_model.named_parameters()):
-        return 0  # a stage-1 or full-tuning checkpoint: no adapter, and peft (seconds to import) is not needed
-    from peft.tuners.tuners_utils import BaseTunerLayer  # on use, as in vlalign.train.stages
-
-    layers = [(name, module) for name, module in language_model.named_modules() if isinstance(module, BaseTunerLayer)]
-    with torch.no_grad():
-        for name, module in layers:
-            module.merge(safe_merge=True)  # safe_merge: a NaN in the merged weight is an error, not a silent export
-            parent, _, child = name.rpartition(".")
-            setattr(language_model.get_submodule(parent), child, module.get_base_layer())
-    left = [name for name, _ in language_model.named_parameters() if "lora_" in name]
-    if left:
-        raise ConfigError(f"LoRA weights left after merging (not a peft LoRA layer?): {left[:3]}")
-    return len(layers)
-
-
 def linear_as_llava_projector(weight: torch.Tensor, bias: torch.Tensor) -> tuple[dict[str, torch.Tensor], str]:
     """vlalign's `linear` connector (y = W x + b) in Llava's fixed linear_1 -> act -> linear_2 projector.
 

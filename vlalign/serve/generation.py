@@ -216,7 +216,7 @@ class ChatModel:
     @classmethod
     def load(cls, checkpoint: str | Path, device: str | None = None, name: str | None = None) -> "ChatModel":
         folder = resolve_checkpoint(checkpoint)
-        model, config = load_checkpoint_model(folder, device)
+        model, config = load_checkpoint_model(folder, device, merge_adapters=True)
         return cls(model, config, name or _default_name(Path(checkpoint)))
 
     @property

@@ -7,9 +7,11 @@ Frozen components are kept in eval mode: a frozen CNN's BatchNorm statistics mus
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from vlalign.config import TuneConfig
+from vlalign.errors import ConfigError
 from vlalign.train.fast_paths import use_rand_dropout
 
 STAGE_DEFAULTS = {
@@ -90,3 +92,22 @@ def format_parameter_table(rows: list[tuple[str, int, int]]) -> str:
     total_f = sum(r[2] for r in rows)
     lines.append(f"{'total':<24}{total_t:>16,}{total_f:>16,}")
     return "\n".join(lines)
+
+
+def merge_lora(language_model: nn.Module) -> int:
+    """Fold every LoRA adapter into its base layer and put the plain layer back in its place, so the weight names are
+    the LLM's own (`...q_proj.weight`) and nothing of peft is left. Returns the number of merged layers."""
+    if not any("lora_" in name for name, _ in language_model.named_parameters()):
+        return 0  # a stage-1 or full-tuning checkpoint: no adapter, and peft (seconds to import) is not needed
+    from peft.tuners.tuners_utils import BaseTunerLayer  # on use, as in inject_lora
+
+    layers = [(name, module) for name, module in language_model.named_modules() if isinstance(module, BaseTunerLayer)]
+    with torch.no_grad():
+        for name, module in layers:
+            module.merge(safe_merge=True)  # safe_merge: a NaN in the merged weight is an error, not a silent export
+            parent, _, child = name.rpartition(".")
+            setattr(language_model.get_submodule(parent), child, module.get_base_layer())
+    left = [name for name, _ in language_model.named_parameters() if "lora_" in name]
+    if left:
+        raise ConfigError(f"LoRA weights left after merging (not a peft LoRA layer?): {left[:3]}")
+    return len(layers)

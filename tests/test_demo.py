@@ -9,12 +9,13 @@ from vlalign.demo.presets import DEMO_SETS
 def test_quick_demo_writes_report_and_metrics(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--objectives",
-                 "generative,generative+eos_contrastive+prompt,generative+sea,xformer"]) == 0
+                 "generative,generative+eos_contrastive+prompt,generative+sea,xformer,generative+token_drop"]) == 0
     printed = capsys.readouterr().out
     assert "estimated" in printed and str(out / "report.md") in printed
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == ["generative", "generative+eos_contrastive+prompt", "generative+sea", "xformer"]
+    assert list(metrics) == ["generative", "generative+eos_contrastive+prompt", "generative+sea", "xformer",
+                             "generative+token_drop"]
     sea_log = [json.loads(line) for line in
                (out / "generative+sea" / "stage1" / "metrics.jsonl").read_text().splitlines()]
     assert all(row["sea_pairs"] >= 2 for row in sea_log)  # labels were made, read and sampled
@@ -46,6 +47,20 @@ def test_quick_demo_writes_report_and_metrics(tmp_path, capsys):
     assert (out / "generative" / "eval" / "pope" / "answers.jsonl").is_file()  # the answers, LLaVA's format
     assert "SEA patch labels" in report
     assert f"vlalign serve --checkpoint {out}/generative/stage2" in report and "vlalign export" in report
+
+    # throughput settings: packed batches and the tower's features cached once for every run and stage; the
+    # token-drop run drops in stage 1 only
+    import yaml
+
+    def saved(run, stage):
+        return yaml.safe_load((out / run / stage / "final" / "config.yaml").read_text())
+
+    assert saved("generative", "stage1")["data"]["packing"] and saved("generative", "stage2")["data"]["packing"]
+    assert saved("generative", "stage1")["data"]["vision_feature_cache"] == str(out / "vision_features")
+    assert [saved("generative+token_drop", stage)["train"]["visual_token_drop"] for stage in ("stage1", "stage2")] \
+        == [0.5, 0.0] and saved("generative", "stage1")["train"]["visual_token_drop"] == 0.0
+    assert metrics["generative+token_drop"]["stage1_train"] == {"visual_token_drop": 0.5}
+    assert len(list((out / "vision_features").glob("*/shard-*.json"))) == 1  # one build, read by every later stage
 
     # X-Former: demo MAE -> pre-training (4 terms, no LLM) -> retrieval -> LLM alignment -> instruction tuning
     xformer = metrics["xformer"]

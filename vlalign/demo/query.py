@@ -49,7 +49,8 @@ def pretrain_query_former(objectives: dict, world: Path, run_dir: Path, common: 
     """Stage "pre-training" with `objectives` ({"qformer": {}} or {"xformer": {}}); returns its final checkpoint
     (LLM alignment starts from it) and a report. `common`: the run's patch for every stage (its connector)."""
     final, seconds = train_stage("quickstart-stage1.yaml", [common, {
-        "data": {"train_file": str(run_dir / "stage1_train.json")},
+        # no LLM pass here, so nothing to pack: the captions go through the query former, one per image
+        "data": {"train_file": str(run_dir / "stage1_train.json"), "packing": False},
         "train": {"output_dir": str(run_dir / "pretrain"), "epochs": epochs, "batch_size": PRETRAIN_BATCH,
                   "lr": PRETRAIN_LR},
         "objectives": objectives}])

@@ -24,6 +24,7 @@ class Recipe:
     objectives: dict  # stage-1 objectives (query runs: the pre-training objectives)
     model: dict = field(default_factory=dict)  # patch of the model section, for every stage
     pre_steps: tuple[str, ...] = ()
+    stage1_train: dict = field(default_factory=dict)  # patch of stage 1's train section (e.g. visual_token_drop)
 
     def __post_init__(self):
         unknown = [step for step in self.pre_steps if step not in PRE_STEPS]
@@ -40,6 +41,9 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     Recipe("generative+eos_contrastive+prompt", {**GENERATIVE, "eos_contrastive": {"weight": 1.0, "prompt": True}}),
     Recipe("generative+cg_contrastive", {**GENERATIVE, "cg_contrastive": {"weight": 1.0}}),
     Recipe("generative+sea", {**GENERATIVE, "sea": {"weight": 1.0}}, pre_steps=("label_patches",)),
+    # FLIP-style visual-token drop in stage 1 (the alignment survey's recommendation): half the visual tokens
+    # of each image, drawn anew per sample and epoch; stage 2 and evaluation see all of them
+    Recipe("generative+token_drop", GENERATIVE, stage1_train={"visual_token_drop": 0.5}),
     Recipe("qformer", {"qformer": {}}, model={"connector": "qformer", "connector_options": QUERY_CONNECTOR},
            pre_steps=("query_pretrain",)),
     Recipe("xformer", {"xformer": {}}, model=XFORMER, pre_steps=("demo_mae", "query_pretrain")),

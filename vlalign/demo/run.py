@@ -26,9 +26,10 @@ from vlalign.demo.evaluation import demo_sets, evaluate_sets
 from vlalign.demo.presets import CONFIGS, PRESETS, STAGE2_LR, Preset, estimate_seconds
 from vlalign.demo.prestep import PRE_STEP_FUNCTIONS, DemoContext, RunPatches
 from vlalign.demo.recipes import RECIPES, Recipe, resolve_objectives
-from vlalign.demo.steps import dual_encoder, stage_summary, train_stage, training_precision
+from vlalign.demo.steps import dual_encoder, inference_autocast, stage_summary, train_stage, training_precision
 from vlalign.eval.alignment_command import run_alignment
 from vlalign.eval.report import render_report
+from vlalign.models.connectors import connector_class
 from vlalign.train.load import checkpoint_fingerprint, load_checkpoint_model, resolve_checkpoint
 
 
@@ -65,24 +66,42 @@ def _train_stages(ctx: DemoContext, patches: RunPatches) -> tuple[Path, Path, di
 def run_recipe(recipe: Recipe, ctx: DemoContext, test_sets: dict[str, list]) -> dict:
     """Pre-steps, both stages, diagnostics and evaluation of one recipe; the run's entry in metrics.json."""
     world = ctx.world
-    common = {"data": {"image_root": str(world)}, "train": {"mixed_precision": training_precision()}}
+    # the frozen tower's features are shared by both stages and every run of this demo folder
+    common = {"data": {"image_root": str(world), "vision_feature_cache": str(ctx.out / "vision_features")},
+              "train": {"mixed_precision": training_precision()}}
     if recipe.model:
         common["model"] = copy.deepcopy(recipe.model)  # a copy the pre-steps may fill in
-    patches, reports = RunPatches(objectives=copy.deepcopy(recipe.objectives), common=common), {}
+        if connector_class(recipe.model.get("connector", "mlp2x_gelu")).reads_pixels:
+            common["data"]["cache_vision_features"] = False  # X-Former's MAE branch reads the pixels every step
+    stage1 = {"train": copy.deepcopy(recipe.stage1_train)} if recipe.stage1_train else {}
+    patches, reports = RunPatches(objectives=copy.deepcopy(recipe.objectives), common=common, stage1=stage1), {}
     for step in recipe.pre_steps:
         patches, report = PRE_STEP_FUNCTIONS[step](ctx, patches)
         reports.update(report)
     stage1, stage2, stages = _train_stages(ctx, patches)
+    with inference_autocast():
+        return {"objectives": patches.objectives, **({"stage1_train": recipe.stage1_train} if recipe.stage1_train else {}),
+                **_evaluate_run(ctx, stage1, stage2, test_sets), **stages, **reports}
+
+
+def _evaluate_run(ctx: DemoContext, stage1: Path, stage2: Path, test_sets: dict[str, list]) -> dict:
+    """Alignment diagnostics after each stage, the held-out sets with real and blank images, sample answers."""
+    world = ctx.world
+    clock = time.perf_counter()
     alignment = {"stage1": _alignment(stage1, world, ctx.run_dir / "alignment_stage1", ctx.preset)}
     model, config = load_checkpoint_model(stage2, merge_adapters=True)
     alignment["stage2"] = _alignment(stage2, world, ctx.run_dir / "alignment_stage2", ctx.preset, model, config)
+    seconds = {"alignment": time.perf_counter() - clock}
     folder = resolve_checkpoint(stage2)
     identity = {"checkpoint": str(folder), "weights": checkpoint_fingerprint(folder)}
+    clock = time.perf_counter()
     evaluation = evaluate_sets(model, config, world, test_sets, ctx.run_dir / "eval", False, identity)
+    seconds["eval"] = time.perf_counter() - clock
     baseline = evaluate_sets(model, config, world, test_sets, ctx.run_dir / "eval_blank", True, identity)
+    seconds["eval_blank"] = time.perf_counter() - clock - seconds["eval"]
     samples = _sample_answers(ctx.run_dir, test_sets["gqa"][:8])
-    return {"objectives": patches.objectives, "visual_tokens": model.num_visual_tokens, **stages, "eval": evaluation,
-            "text_only_baseline": baseline, "samples": samples, "alignment": alignment, **reports}
+    return {"visual_tokens": model.num_visual_tokens, "seconds": seconds, "eval": evaluation,
+            "text_only_baseline": baseline, "samples": samples, "alignment": alignment}
 
 
 def _sample_answers(run_dir: Path, records: list[dict]) -> list[dict]:

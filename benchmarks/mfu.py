@@ -174,12 +174,17 @@ def demo_stage(stage: int, world: Path, args):
 class _SingleProcess:
     is_main_process = True
     device = torch.device("cpu")
+    mixed_precision = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"  # as the demo trains
 
     def main_process_first(self):
         return contextlib.nullcontext()
 
     def print(self, *args):
         print(*args)
+
+    def autocast(self):
+        bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def one_step(model, dataset, indices, collate, optimizer, autocast) -> object:

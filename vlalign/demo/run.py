@@ -79,13 +79,13 @@ def run_recipe(recipe: Recipe, ctx: DemoContext, test_sets: dict[str, list]) -> 
         patches, report = PRE_STEP_FUNCTIONS[step](ctx, patches)
         reports.update(report)
     stage1, stage2, stages = _train_stages(ctx, patches)
-    with inference_autocast():
-        return {"objectives": patches.objectives, **({"stage1_train": recipe.stage1_train} if recipe.stage1_train else {}),
-                **_evaluate_run(ctx, stage1, stage2, test_sets), **stages, **reports}
+    return {"objectives": patches.objectives, **({"stage1_train": recipe.stage1_train} if recipe.stage1_train else {}),
+            **_evaluate_run(ctx, stage1, stage2, test_sets), **stages, **reports}
 
 
 def _evaluate_run(ctx: DemoContext, stage1: Path, stage2: Path, test_sets: dict[str, list]) -> dict:
-    """Alignment diagnostics after each stage, the held-out sets with real and blank images, sample answers."""
+    """Alignment diagnostics after each stage (float32: they are measurements), the held-out sets with real and
+    blank images (answered under the training autocast), sample answers."""
     world = ctx.world
     clock = time.perf_counter()
     alignment = {"stage1": _alignment(stage1, world, ctx.run_dir / "alignment_stage1", ctx.preset)}
@@ -95,9 +95,10 @@ def _evaluate_run(ctx: DemoContext, stage1: Path, stage2: Path, test_sets: dict[
     folder = resolve_checkpoint(stage2)
     identity = {"checkpoint": str(folder), "weights": checkpoint_fingerprint(folder)}
     clock = time.perf_counter()
-    evaluation = evaluate_sets(model, config, world, test_sets, ctx.run_dir / "eval", False, identity)
-    seconds["eval"] = time.perf_counter() - clock
-    baseline = evaluate_sets(model, config, world, test_sets, ctx.run_dir / "eval_blank", True, identity)
+    with inference_autocast():
+        evaluation = evaluate_sets(model, config, world, test_sets, ctx.run_dir / "eval", False, identity)
+        seconds["eval"] = time.perf_counter() - clock
+        baseline = evaluate_sets(model, config, world, test_sets, ctx.run_dir / "eval_blank", True, identity)
     seconds["eval_blank"] = time.perf_counter() - clock - seconds["eval"]
     samples = _sample_answers(ctx.run_dir, test_sets["gqa"][:8])
     return {"visual_tokens": model.num_visual_tokens, "seconds": seconds, "eval": evaluation,

@@ -46,6 +46,7 @@ from vlalign.data.packing import packed_row_length  # noqa: E402
 from vlalign.data.templates import IGNORE_INDEX  # noqa: E402
 from vlalign.models.vlm import VisionLanguageModel  # noqa: E402
 from vlalign.objectives.generative import next_token_loss  # noqa: E402
+from vlalign.train.fast_paths import store_frozen_linears_in  # noqa: E402
 from vlalign.train.optim import build_optimizer  # noqa: E402
 from vlalign.train.stages import apply_tune, keep_frozen_in_eval  # noqa: E402
 
@@ -162,6 +163,8 @@ def demo_stage(stage: int, world: Path, args):
         from vlalign.train.vision_features import attach_vision_features
 
         attach_vision_features(model, dataset, config.data.vision_feature_cache, _SingleProcess())
+    if _SingleProcess.mixed_precision == "bf16":
+        store_frozen_linears_in(model, torch.bfloat16)  # as the training loop does under bf16 autocast
     sampler = LengthGroupedBatchSampler(dataset.estimated_lengths(), config.train.batch_size, args.seed,
                                         config.data.group_by_length)
     batches = sampler.batches()[1:]  # not the deliberately longest first batch
@@ -268,7 +271,6 @@ def main(argv=None) -> dict:
 
         generate_world(args.world, n_train=1500, n_test=8, seed=0)
     bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    train_dtype = torch.bfloat16 if bf16 else torch.float32
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     stages = {stage: measure_stage(stage, args.world, args, autocast) for stage in (1, 2)}
     llm_config = load_config(REPO / "configs" / "quickstart-stage1.yaml").model

@@ -35,6 +35,7 @@ from vlalign.export.common import folder_size
 from vlalign.export.remote_code import check_remote_code_exportable, export_remote_code
 from vlalign.generate import answer, load_checkpoint_model
 from vlalign.train.loop import train
+from vlalign.train.stages import merge_lora
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "What color is the shape?"
@@ -96,9 +97,14 @@ def vlalign_reference(checkpoint: Path, image: Path) -> dict:
         for module in model.modules():
             if isinstance(module, BaseTunerLayer):
                 module.enable_adapters(True)
+        # vlalign's inference merges LoRA into the weights (load_checkpoint_model(merge_adapters=True)), as the
+        # export does; merged vs separate adapters differ by fp32 rounding (2e-4 on logits of ~40 here)
+        merge_lora(model.language_model)
+        unmerged, logits = logits, model(input_ids, mask, pixels).logits[0]
     forced = model.generate(input_ids, mask, pixels, do_sample=False, max_new_tokens=NEW_TOKENS,
                             min_new_tokens=NEW_TOKENS)[0]
-    return {"ids": ids, "pixels": pixels[0], "logits": logits, "without_lora": without_lora, "forced": forced,
+    return {"ids": ids, "pixels": pixels[0], "logits": logits, "unmerged": unmerged, "without_lora": without_lora,
+            "forced": forced,
             "answer": answer(model, config, image, PROMPT, max_new_tokens=NEW_TOKENS)}
 
 
@@ -111,6 +117,7 @@ def assert_round_trip(export: Path, checkpoint: Path, image: Path, tmp_path: Pat
     torch.testing.assert_close(child["pixel_values"], ours["pixels"], atol=1e-6, rtol=0)
     assert child["logits"].shape == ours["logits"].shape
     torch.testing.assert_close(child["logits"], ours["logits"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours["unmerged"], ours["logits"], atol=1e-3, rtol=1e-5)
     lora_effect = float((ours["logits"] - ours["without_lora"]).abs().max())
     print(f"\n[remote-code] {export.name}: max |logit difference| {float((child['logits'] - ours['logits']).abs().max()):.1e}"
           f" (LoRA changes them by up to {lora_effect:.1e})")

@@ -207,3 +207,16 @@ def test_packing_and_token_drop_refuse_objectives_without_an_llm_pass(tiny_confi
     config = tiny_config(1, "model.connector=qformer", "objectives={qformer: {}}", *settings)
     with pytest.raises(ConfigError, match=message):
         check_config(config)
+
+
+def test_a_packed_batch_moves_to_the_training_device_whole(tiny_config, toy_data, tmp_path):
+    """accelerate's loaders call Batch.to: every tensor, the packing, cached features and drop indices included."""
+    _, module, dataset = _build(tiny_config, tmp_path, {"generative": {"weight": 1.0}})
+    dataset.token_drop = (0.5, 0)
+    packed, _ = _packed_and_padded(module, dataset, count=4, pack_length=None)
+    packed.vision_features = torch.zeros(4, 16, 32)
+    moved = packed.to("meta")
+    for name in ("input_ids", "labels", "attention_mask", "position_ids", "sample_rows", "sample_starts",
+                 "has_image", "vision_features", "visual_keep"):
+        assert getattr(moved, name).device.type == "meta", name
+    assert moved.record_ids == packed.record_ids and len(moved) == 4

@@ -77,6 +77,15 @@ class Batch:
     def __len__(self) -> int:
         return len(self.record_ids)
 
+    def to(self, device) -> "Batch":
+        """Every tensor, the extras included, on `device`; everything else as it is (accelerate's loaders call
+        this to put each batch on the training device)."""
+        def move(value):
+            return value.to(device) if isinstance(value, torch.Tensor) else value
+
+        moved = {f.name: move(getattr(self, f.name)) for f in fields(self) if f.name != "extras"}
+        return Batch(**moved, extras={name: move(value) for name, value in self.extras.items()})
+
     @property
     def packed(self) -> bool:
         return self.position_ids is not None

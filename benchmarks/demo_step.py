@@ -23,47 +23,23 @@ The last line of stdout is a JSON object: per stage the seconds per step of each
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import tempfile
 import time
 from pathlib import Path
 
 from _env import REPO  # offline env + repo on sys.path, before torch and vlalign
+from _training import BF16, SingleProcess, demo_training  # noqa: E402
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from vlalign.config import load_config  # noqa: E402
-from vlalign.data.build import build_dataset  # noqa: E402
 from vlalign.data.dataset import Collator, LengthGroupedBatchSampler  # noqa: E402
-from vlalign.data.llava_json import SkipReport  # noqa: E402
 from vlalign.data.packing import packed_row_length  # noqa: E402
-from vlalign.models.vlm import VisionLanguageModel  # noqa: E402
-from vlalign.objectives import build_objectives  # noqa: E402
 from vlalign.train.fast_paths import RandDropout, store_frozen_linears_in  # noqa: E402
-from vlalign.train.loop import TrainingModule  # noqa: E402
 from vlalign.train.optim import build_optimizer  # noqa: E402
-from vlalign.train.stages import apply_tune  # noqa: E402
-from vlalign.train.vision_features import attach_vision_features  # noqa: E402
 
-BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
 BEFORE = ["data.packing=false", "model.attn_implementation=sdpa", "data.cache_vision_features=false"]
-
-
-class _SingleProcess:
-    is_main_process = True
-    device = torch.device("cpu")
-    mixed_precision = "bf16" if BF16 else "no"
-
-    def main_process_first(self):
-        return contextlib.nullcontext()
-
-    def print(self, *args):
-        pass
-
-    def autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16) if BF16 else contextlib.nullcontext()
 
 
 def _bernoulli_dropout(module: nn.Module) -> None:
@@ -77,17 +53,8 @@ def _bernoulli_dropout(module: nn.Module) -> None:
 
 
 def setup(stage: int, world: Path, cache: Path, overrides: list[str], after: bool, drop: float = 0.0):
-    config = load_config(REPO / "configs" / f"quickstart-stage{stage}.yaml",
-                         [f"data.train_file={world / f'stage{stage}.json'}", f"data.image_root={world}",
-                          "train.init_from=null", f"data.vision_feature_cache={cache}", *overrides])
-    torch.manual_seed(0)
-    model = VisionLanguageModel.from_config(config.model)
-    apply_tune(model, stage, config.train.tune)
-    module = TrainingModule(model, build_objectives(config.objectives, model))
-    module.train()
-    dataset = build_dataset(config, model, SkipReport())
-    if config.data.cache_vision_features:
-        attach_vision_features(model, dataset, config.data.vision_feature_cache, _SingleProcess())
+    config, module, dataset = demo_training(stage, world, [f"data.vision_feature_cache={cache}", *overrides])
+    model = module.model
     if drop:
         dataset.token_drop = (drop, 0)
     if after and BF16:
@@ -103,7 +70,7 @@ def step(variant, indices) -> float:
     module, dataset, collate, optimizer = variant
     started = time.perf_counter()
     batch = collate([dataset[i] for i in indices])
-    with _SingleProcess().autocast():
+    with SingleProcess().autocast():
         total, _, _ = module(batch)
     total.backward()
     optimizer.step()

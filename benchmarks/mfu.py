@@ -34,21 +34,18 @@ import time
 from pathlib import Path
 
 from _env import REPO  # offline env + repo on sys.path, before torch and vlalign
+from _training import SingleProcess, demo_training  # noqa: E402
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
 from vlalign.config import load_config  # noqa: E402
-from vlalign.data.build import build_dataset  # noqa: E402
 from vlalign.data.dataset import Collator, LengthGroupedBatchSampler  # noqa: E402
-from vlalign.data.llava_json import SkipReport  # noqa: E402
 from vlalign.data.packing import packed_row_length  # noqa: E402
 from vlalign.data.templates import IGNORE_INDEX  # noqa: E402
-from vlalign.models.vlm import VisionLanguageModel  # noqa: E402
 from vlalign.objectives.generative import next_token_loss  # noqa: E402
 from vlalign.train.fast_paths import store_frozen_linears_in  # noqa: E402
 from vlalign.train.optim import build_optimizer  # noqa: E402
-from vlalign.train.stages import apply_tune, keep_frozen_in_eval  # noqa: E402
 
 PARTS = ("data loading", "tower", "connector", "LLM forward", "loss", "backward", "optimizer")
 
@@ -150,20 +147,9 @@ def _sample_lengths(batch) -> list[int]:
 # ------------------------------------------------------------------------------------------ the demo step
 
 def demo_stage(stage: int, world: Path, args):
-    config = load_config(REPO / "configs" / f"quickstart-stage{stage}.yaml",
-                         [f"data.train_file={world / f'stage{stage}.json'}", f"data.image_root={world}",
-                          "train.init_from=null", f"data.vision_feature_cache={args.cache}"])
-    torch.manual_seed(0)
-    model = VisionLanguageModel.from_config(config.model)
-    apply_tune(model, stage, config.train.tune)
-    model.train()
-    keep_frozen_in_eval(model)
-    dataset = build_dataset(config, model, SkipReport())
-    if config.data.cache_vision_features:
-        from vlalign.train.vision_features import attach_vision_features
-
-        attach_vision_features(model, dataset, config.data.vision_feature_cache, _SingleProcess())
-    if _SingleProcess.mixed_precision == "bf16":
+    config, module, dataset = demo_training(stage, world, [f"data.vision_feature_cache={args.cache}"])
+    model = module.model
+    if SingleProcess.mixed_precision == "bf16":
         store_frozen_linears_in(model, torch.bfloat16)  # as the training loop does under bf16 autocast
     sampler = LengthGroupedBatchSampler(dataset.estimated_lengths(), config.train.batch_size, args.seed,
                                         config.data.group_by_length)
@@ -172,22 +158,6 @@ def demo_stage(stage: int, world: Path, args):
                        pack_length=packed_row_length(config.model))
     optimizer = build_optimizer(model, config.train)
     return config, model, dataset, batches, collate, optimizer
-
-
-class _SingleProcess:
-    is_main_process = True
-    device = torch.device("cpu")
-    mixed_precision = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"  # as the demo trains
-
-    def main_process_first(self):
-        return contextlib.nullcontext()
-
-    def print(self, *args):
-        print(*args)
-
-    def autocast(self):
-        bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def one_step(model, dataset, indices, collate, optimizer, autocast) -> object:

@@ -49,21 +49,15 @@ import time
 from pathlib import Path
 
 from _env import REPO  # offline env + repo on sys.path, before torch and vlalign
+from _training import demo_training  # noqa: E402
 
 import torch  # noqa: E402
 
-from vlalign.config import load_config  # noqa: E402
-from vlalign.data.build import build_dataset  # noqa: E402
 from vlalign.data.dataset import Collator, LengthGroupedBatchSampler, Sample  # noqa: E402
-from vlalign.data.llava_json import SkipReport  # noqa: E402
 from vlalign.data.packing import PER_SAMPLE_ATTENTION, packed_row_length  # noqa: E402
 from vlalign.data.templates import IGNORE_INDEX  # noqa: E402
 from vlalign.models.varlen_attention import NAME as VARLEN  # noqa: E402
-from vlalign.models.vlm import VisionLanguageModel  # noqa: E402
-from vlalign.objectives import build_objectives  # noqa: E402
 from vlalign.objectives.generative import next_token_loss  # noqa: E402
-from vlalign.train.loop import TrainingModule  # noqa: E402
-from vlalign.train.stages import apply_tune  # noqa: E402
 
 MEGABATCH = 50  # LengthGroupedBatchSampler's default megabatch_factor
 
@@ -130,15 +124,10 @@ def demo_world(path: Path | None) -> Path:
 
 
 def demo_set(stage: int, world: Path, attn: str, args) -> dict:
-    preset = REPO / "configs" / f"quickstart-stage{stage}.yaml"
-    config = load_config(preset, [f"data.train_file={world / f'stage{stage}.json'}", f"data.image_root={world}",
-                                  f"model.attn_implementation={attn}", "train.init_from=null"])
-    torch.manual_seed(0)
-    model = VisionLanguageModel.from_config(config.model)
-    apply_tune(model, stage, config.train.tune)
-    module = TrainingModule(model, build_objectives(config.objectives, model))
-    module.train()
-    dataset = build_dataset(config, model, SkipReport())
+    # the tower runs on pixels here, as before the feature cache: the layouts, not the tower, are compared
+    config, module, dataset = demo_training(stage, world, [f"model.attn_implementation={attn}",
+                                                           "data.cache_vision_features=false"])
+    model = module.model
     lengths = dataset.estimated_lengths()
     indices = list(range(len(dataset)))
     samples = _LazySamples(dataset, indices)
